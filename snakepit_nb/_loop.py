@@ -1,0 +1,124 @@
+"""The event-loop thread snakepit_nb owns.
+
+ipykernel already runs an asyncio loop on the main thread, so ``asyncio.run`` fails in a cell
+and grpc.aio objects are bound to the loop that created them. Like dask's IO-loop thread and
+ipyparallel's client IO thread, snakepit_nb runs all of its async code on one daemon thread
+named ``snakepit-loop`` and hands coroutines to it from any other thread. Callbacks from workers
+are therefore served even while a cell computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+THREAD_NAME = "snakepit-loop"
+
+
+class LoopThread:
+    """An asyncio loop running forever on a daemon thread."""
+
+    def __init__(self, name: str = THREAD_NAME) -> None:
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def in_loop_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive() and not self.loop.is_closed()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the loop; returns a thread-safe future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and block the calling thread until it finishes.
+
+        If the caller is interrupted (KeyboardInterrupt from a kernel interrupt), the
+        coroutine is cancelled on the loop before the interrupt propagates, so a remote call
+        does not keep running unseen.
+        """
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError(
+                "a blocking snakepit_nb call was made on the snakepit-loop thread, where it "
+                "would deadlock; use the async API (AsyncClient / AsyncSession) there instead"
+            )
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            if not future.done():
+                future.cancel()
+                # Give the loop a moment to run the cancellation, so cleanup (a CallCancel
+                # sent to the worker, a generator closed) happens before we return.
+                try:
+                    future.exception(timeout=5)
+                except BaseException:  # noqa: BLE001 - cancelled or failed: either is fine here
+                    pass
+            raise
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop and join the thread. Pending tasks are cancelled first."""
+        if not self._thread.is_alive():
+            return
+
+        async def _cancel_all() -> None:
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if not self.in_loop_thread():
+            try:
+                self.submit(_cancel_all()).result(timeout)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if not self.in_loop_thread():
+            self._thread.join(timeout)
+
+
+_lock = threading.Lock()
+_shared: LoopThread | None = None
+
+
+def get_loop_thread() -> LoopThread:
+    """The process-wide loop thread, started on first use (and again after a stop)."""
+    global _shared
+    with _lock:
+        if _shared is None or not _shared.is_alive():
+            _shared = LoopThread()
+        return _shared
