@@ -59,7 +59,9 @@ def main() -> int:
             name
             for name in OUTPUTS
             if not (ROOT / PACKAGE_DIR / name).exists()
-            or not filecmp.cmp(Path(tmp) / PACKAGE_DIR / name, ROOT / PACKAGE_DIR / name, shallow=False)
+            or not filecmp.cmp(
+                Path(tmp) / PACKAGE_DIR / name, ROOT / PACKAGE_DIR / name, shallow=False
+            )
         ]
     if drifted:
         print(f"generated stubs drifted from {PROTO.relative_to(ROOT)}: {', '.join(drifted)}")

@@ -14,7 +14,7 @@ remedy. Each class also subclasses the builtin a plain ``except`` would reach fo
     │   ├── SessionNotFoundError
     │   └── VariableNotFoundError
     ├── VersionConflictError .............. stale expected_version; has .current_version [ABORTED]
-    ├── FailedPreconditionError ........... the state refuses it (locked, read-only...) [FAILED_PRECONDITION]
+    ├── FailedPreconditionError ........... a lock, read-only, type change  [FAILED_PRECONDITION]
     │   └── WorkerFailedError ............. a worker slot is crash-looping and was given up
     ├── ResourceExhaustedError ............ too large, too many, pool saturated [RESOURCE_EXHAUSTED]
     │   └── PoolSaturatedError
@@ -188,9 +188,7 @@ class WorkerCrashedError(WorkerUnavailableError):
     the session's variables are untouched.
     """
 
-    def __init__(
-        self, message: str, *, worker_id: str = "", exit_code: int | None = None
-    ) -> None:
+    def __init__(self, message: str, *, worker_id: str = "", exit_code: int | None = None) -> None:
         super().__init__(message)
         self.worker_id = worker_id
         self.exit_code = exit_code

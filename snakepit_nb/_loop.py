@@ -11,13 +11,48 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 THREAD_NAME = "snakepit-loop"
+
+
+# How often a blocked caller wakes up. A kernel interrupt is a SIGINT to the process; the
+# OS may hand it to any thread, and CPython then only raises KeyboardInterrupt once the main
+# thread runs Python code again: a caller blocked in one long wait would not see it until the
+# call ended. Waiting in slices (dask's sync() does the same) bounds that delay.
+_WAIT_SLICE = 0.1
+# How long an interrupted blocking call waits for its coroutine to finish cancelling.
+_CANCEL_GRACE = 5.0
+
+
+def wait_interruptibly(future: concurrent.futures.Future[T], timeout: float | None = None) -> T:
+    """``future.result(timeout)``, waking every 0.1 s so a KeyboardInterrupt gets through."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = _WAIT_SLICE if deadline is None else min(_WAIT_SLICE, deadline - time.monotonic())
+        if step <= 0:
+            raise concurrent.futures.TimeoutError
+        try:
+            return future.result(step)
+        except concurrent.futures.TimeoutError:
+            if future.done():  # the coroutine's own TimeoutError (e.g. CallTimeoutError)
+                raise
+
+
+async def _tracked(
+    coro: Coroutine[Any, Any, T], started: threading.Event, settled: threading.Event
+) -> T:
+    started.set()
+    try:
+        return await coro
+    finally:
+        settled.set()
 
 
 class LoopThread:
@@ -75,18 +110,18 @@ class LoopThread:
                 "a blocking snakepit_nb call was made on the snakepit-loop thread, where it "
                 "would deadlock; use the async API (AsyncClient / AsyncSession) there instead"
             )
-        future = self.submit(coro)
+        started, settled = threading.Event(), threading.Event()
+        future = self.submit(_tracked(coro, started, settled))
         try:
-            return future.result(timeout)
+            return wait_interruptibly(future, timeout)
         except BaseException:
             if not future.done():
                 future.cancel()
-                # Give the loop a moment to run the cancellation, so cleanup (a CallCancel
-                # sent to the worker, a generator closed) happens before we return.
-                try:
-                    future.exception(timeout=5)
-                except BaseException:  # noqa: BLE001 - cancelled or failed: either is fine here
-                    pass
+            # A cancelled concurrent future counts as done at once, before the loop has run
+            # the cancellation. Wait for the coroutine itself to unwind, so its cleanup (a
+            # CallCancel sent to the worker, a generator closed) has happened when we return.
+            if started.is_set():
+                settled.wait(_CANCEL_GRACE)
             raise
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -102,10 +137,8 @@ class LoopThread:
             await asyncio.gather(*tasks, return_exceptions=True)
 
         if not self.in_loop_thread():
-            try:
+            with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
                 self.submit(_cancel_all()).result(timeout)
-            except (concurrent.futures.TimeoutError, RuntimeError):
-                pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         if not self.in_loop_thread():
             self._thread.join(timeout)

@@ -1,0 +1,156 @@
+"""snakepit_nb: supervised Python worker pools, typed session variables and live tool streaming,
+driven from a Jupyter notebook.
+
+>>> import snakepit_nb as sp
+>>> client = sp.start(workers=2)
+>>> s = client.session("exp1")
+>>> s.call("add", a=1, b=2)
+3
+>>> for chunk in s.stream("count", n=3): ...
+>>> s.vars["temperature"] = 0.7
+>>> client.close()
+
+In a notebook: ``%load_ext snakepit_nb``, then ``%snakepit start``.
+
+``import snakepit_nb`` is light: gRPC, the orchestrator and the notebook layer load on first
+use of the names that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from snakepit_nb._errors import (
+    AuthenticationError,
+    CallTimeoutError,
+    CancelledError,
+    ClosedError,
+    ConfigurationError,
+    ConstraintViolationError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PoolSaturatedError,
+    ProtocolError,
+    RemoteToolError,
+    ResourceExhaustedError,
+    SessionNotFoundError,
+    SessionWorkerGoneError,
+    SnakepitError,
+    StartupError,
+    ToolNotFoundError,
+    VariableNotFoundError,
+    VersionConflictError,
+    WorkerCrashedError,
+    WorkerFailedError,
+    WorkerUnavailableError,
+)
+
+if TYPE_CHECKING:
+    from snakepit_nb._session import AsyncSession, Session, SessionInfo
+    from snakepit_nb._stream import AsyncStream, Stream
+    from snakepit_nb._variables_api import AsyncVariables, Variables
+    from snakepit_nb.client import AsyncClient, Client, ClientStatus, astart, start
+    from snakepit_nb.orchestrator.config import Config
+    from snakepit_nb.orchestrator.registry import ParameterInfo, ToolSpec
+    from snakepit_nb.worker.adapter import Adapter, tool
+    from snakepit_nb.worker.context import SessionContext
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter",
+    "AsyncClient",
+    "AsyncSession",
+    "AsyncStream",
+    "AsyncVariables",
+    "AuthenticationError",
+    "CallTimeoutError",
+    "CancelledError",
+    "Client",
+    "ClientStatus",
+    "ClosedError",
+    "Config",
+    "ConfigurationError",
+    "ConstraintViolationError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "ParameterInfo",
+    "PoolSaturatedError",
+    "ProtocolError",
+    "RemoteToolError",
+    "ResourceExhaustedError",
+    "Session",
+    "SessionContext",
+    "SessionInfo",
+    "SessionNotFoundError",
+    "SessionWorkerGoneError",
+    "SnakepitError",
+    "StartupError",
+    "Stream",
+    "ToolNotFoundError",
+    "ToolSpec",
+    "VariableNotFoundError",
+    "Variables",
+    "VersionConflictError",
+    "WorkerCrashedError",
+    "WorkerFailedError",
+    "WorkerUnavailableError",
+    "__version__",
+    "astart",
+    "load_ipython_extension",
+    "start",
+    "tool",
+    "unload_ipython_extension",
+]
+
+# Public name -> the module that defines it, imported on first access.
+_LAZY = {
+    "start": "snakepit_nb.client",
+    "astart": "snakepit_nb.client",
+    "Client": "snakepit_nb.client",
+    "AsyncClient": "snakepit_nb.client",
+    "ClientStatus": "snakepit_nb.client",
+    "Session": "snakepit_nb._session",
+    "AsyncSession": "snakepit_nb._session",
+    "SessionInfo": "snakepit_nb._session",
+    "Stream": "snakepit_nb._stream",
+    "AsyncStream": "snakepit_nb._stream",
+    "Variables": "snakepit_nb._variables_api",
+    "AsyncVariables": "snakepit_nb._variables_api",
+    "Config": "snakepit_nb.orchestrator.config",
+    "ToolSpec": "snakepit_nb.orchestrator.registry",
+    "ParameterInfo": "snakepit_nb.orchestrator.registry",
+    "Adapter": "snakepit_nb.worker.adapter",
+    "tool": "snakepit_nb.worker.adapter",
+    "SessionContext": "snakepit_nb.worker.context",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'snakepit_nb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext snakepit_nb``: register the ``%snakepit`` magics (cheap, idempotent)."""
+    from snakepit_nb.notebook.extension import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext snakepit_nb``: stop what the extension started and remove the magics."""
+    from snakepit_nb.notebook.extension import unload_ipython_extension as unload
+
+    unload(ipython)

@@ -1,0 +1,411 @@
+"""Sessions as the user holds them: ``AsyncSession`` (all logic) and ``Session`` (blocking).
+
+A session names a scope on the orchestrator: its variables, its worker affinity, its call
+statistics. ``AsyncSession`` methods run on the snakepit loop thread whatever loop awaits them;
+``Session`` hands each call to that thread and blocks (one line per method).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from snakepit_nb._errors import CallTimeoutError, InvalidArgumentError
+from snakepit_nb._stream import AsyncStream, Stream, kernel_tool_error, on_loop
+
+if TYPE_CHECKING:
+    from snakepit_nb._loop import LoopThread
+    from snakepit_nb._variables_api import AsyncVariables, Variables
+    from snakepit_nb.orchestrator.orchestrator import Orchestrator
+
+__all__ = ["AsyncSession", "Session", "SessionInfo"]
+
+# Keyword arguments of ``call``/``stream`` that are not passed to the tool.
+RESERVED = ("_timeout",)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A snapshot of one session."""
+
+    session_id: str
+    created_at: float  # time.time() when it was created
+    idle_seconds: float
+    call_count: int
+    error_count: int
+    last_worker: str | None
+    strict_affinity: bool
+    variable_count: int = 0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def _repr_html_(self) -> str:
+        from snakepit_nb.notebook.reprs import session_info_html
+
+        return session_info_html(self)
+
+    def __str__(self) -> str:
+        worker = self.last_worker or "-"
+        return (
+            f"session {self.session_id!r}: {self.call_count} calls ({self.error_count} failed), "
+            f"{self.variable_count} variables, last worker {worker}, idle "
+            f"{self.idle_seconds:.0f} s"
+        )
+
+
+def session_info(orch: Orchestrator, session_id: str) -> SessionInfo:
+    record = orch.sessions.peek(session_id)
+    last_worker = record.last_worker
+    if not orch.closed and orch.has_pool:
+        # The pool's dispatcher knows where the session's calls ran (its affinity hint).
+        last_worker = orch.pool.dispatcher.bound_worker(session_id) or last_worker
+    return SessionInfo(
+        session_id=record.session_id,
+        created_at=record.created_at,
+        idle_seconds=orch.sessions.idle_seconds(record),
+        call_count=record.call_count,
+        error_count=record.error_count,
+        last_worker=last_worker,
+        strict_affinity=record.strict_affinity,
+        variable_count=orch.variable_count(record.session_id),
+        metadata=dict(record.metadata),
+    )
+
+
+def _split_reserved(kwargs: dict[str, Any], default: float | None) -> float | None:
+    timeout = kwargs.pop("_timeout", default)
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise InvalidArgumentError(
+            f"_timeout must be a positive number of seconds or None, not {timeout!r}"
+        )
+    return None if timeout is None else float(timeout)
+
+
+class AsyncSession:
+    """A session, awaitable. Get one with ``await client.session("exp1")``.
+
+    >>> s = await aclient.session("exp1")
+    >>> await s.call("add", a=1, b=2)
+    3
+    """
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        loop_thread: LoopThread,
+        session_id: str,
+        *,
+        strict_affinity: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        self._orch = orchestrator
+        self._loop_thread = loop_thread
+        self._session_id = session_id
+        self._strict_affinity = strict_affinity
+        self._timeout = timeout
+        self._vars: AsyncVariables | None = None
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    @property
+    def id(self) -> str:
+        return self._session_id
+
+    @property
+    def strict_affinity(self) -> bool:
+        """True when every call of this session runs in one worker (see ``client.session``)."""
+        return self._strict_affinity
+
+    @property
+    def timeout(self) -> float | None:
+        """The default deadline (seconds) of this session's calls."""
+        return self._timeout
+
+    @property
+    def vars(self) -> AsyncVariables:
+        """The session's variables: ``await s.vars.set("t", 0.7)``, ``await s.vars.get("t")``."""
+        if self._vars is None:
+            from snakepit_nb._variables_api import AsyncVariables
+
+            self._vars = AsyncVariables(self._orch, self._loop_thread, self.session_id)
+        return self._vars
+
+    def __repr__(self) -> str:
+        return f"<AsyncSession {self.session_id!r}>"
+
+    # ------------------------------------------------------------------ calls
+
+    async def call(self, tool: str, /, **kwargs: Any) -> Any:
+        """Call ``tool`` with keyword arguments and return its result.
+
+        ``_timeout=`` (seconds) overrides the session's deadline for this call. A tool that
+        raises gives ``RemoteToolError`` with the remote traceback.
+        """
+        timeout = _split_reserved(kwargs, self.timeout)
+        return await on_loop(self._loop_thread, self._call(tool, kwargs, timeout))
+
+    async def _call(self, tool: str, kwargs: dict[str, Any], limit: float | None) -> Any:
+        orch = self._orch
+        orch.check_open()
+        orch.sessions.get(self.session_id)
+        if orch.is_kernel_call(tool):
+            return await self._call_kernel(tool, kwargs, limit)
+        # The tool's required_variables travel with the call: reading them costs no round trip.
+        spec = orch.registry.worker_tool(tool)
+        required = spec.required_variables if spec is not None else ()
+        try:
+            result = await orch.pool.call(
+                self.session_id,
+                tool,
+                kwargs,
+                timeout=limit,
+                affinity="strict" if self.strict_affinity else "hint",
+                variables=orch.variables.prefetch(self.session_id, required) if required else (),
+            )
+        except Exception:
+            orch.sessions.record_call(self.session_id, failed=True)
+            raise
+        orch.sessions.record_call(self.session_id)
+        return result
+
+    async def _call_kernel(self, tool: str, kwargs: dict[str, Any], limit: float | None) -> Any:
+        kernel = self._orch.kernel_tools
+        spec = kernel.get(tool)
+        arguments = kernel.bind(spec, kwargs)
+        self._orch.sessions.record_call(self.session_id, "kernel")
+        try:
+            async with asyncio.timeout(limit):
+                return await kernel.invoke(spec, arguments)
+        except TimeoutError as exc:
+            raise CallTimeoutError(
+                f"kernel tool {tool!r} did not finish within {limit} s; pass a larger "
+                "_timeout= or make the tool faster"
+            ) from exc
+        except Exception as exc:
+            self._orch.sessions.record_call(self.session_id, None, failed=True)
+            raise kernel_tool_error(exc, tool, self.session_id) from exc
+
+    def stream(self, tool: str, /, **kwargs: Any) -> AsyncStream:
+        """Start a streaming call; iterate the result with ``async for``."""
+        timeout = _split_reserved(kwargs, self.timeout)
+        return AsyncStream(
+            self._loop_thread, tool, lambda: self._open_stream(tool, kwargs, timeout)
+        )
+
+    def _open_stream(self, tool: str, kwargs: dict[str, Any], timeout: float | None) -> Any:
+        # Runs on the loop thread, at the first read.
+        orch = self._orch
+        orch.check_open()
+        orch.sessions.get(self.session_id)
+        if orch.is_kernel_call(tool):
+            return _KernelStream(orch, self.session_id, tool, kwargs)
+        spec = orch.registry.worker_tool(tool)
+        required = spec.required_variables if spec is not None else ()
+        orch.sessions.record_call(self.session_id)
+        return orch.pool.stream(
+            self.session_id,
+            tool,
+            kwargs,
+            timeout=timeout,
+            affinity="strict" if self.strict_affinity else "hint",
+            variables=orch.variables.prefetch(self.session_id, required) if required else (),
+        )
+
+    async def map(
+        self,
+        tool: str,
+        kwargs_list: Iterable[Mapping[str, Any]],
+        *,
+        return_exceptions: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline for the remote calls
+    ) -> list[Any]:
+        """Call ``tool`` once per argument mapping, many in flight; results in input order.
+
+        A failing item raises its ``RemoteToolError`` (after every item ran), or, with
+        ``return_exceptions=True``, takes its place in the list.
+        """
+        items: list[dict[str, Any]] = []
+        for i, kw in enumerate(kwargs_list):
+            if not isinstance(kw, Mapping):
+                raise InvalidArgumentError(
+                    f"map item {i} is a {type(kw).__name__}, not a mapping of arguments; "
+                    "pass an iterable of dicts such as [{'a': 1}, {'a': 2}]"
+                )
+            items.append(dict(kw))
+        return await on_loop(
+            self._loop_thread,
+            self._map(tool, items, return_exceptions, timeout if timeout else self.timeout),
+        )
+
+    async def _map(
+        self,
+        tool: str,
+        items: list[dict[str, Any]],
+        return_exceptions: bool,
+        limit: float | None,
+    ) -> list[Any]:
+        orch = self._orch
+        orch.check_open()
+        orch.sessions.get(self.session_id)
+        if not items:
+            return []
+        if orch.is_kernel_call(tool):
+            outcomes = await asyncio.gather(
+                *(self._call_kernel(tool, kw, limit) for kw in items), return_exceptions=True
+            )
+            results = [(not isinstance(o, BaseException), o) for o in outcomes]
+        else:
+            results = list(await orch.pool.map(self.session_id, tool, items, timeout=limit))
+        values: list[Any] = []
+        first_error: BaseException | None = None
+        failures = 0
+        for ok, value in results:
+            if not ok:
+                failures += 1
+                if first_error is None:
+                    first_error = value
+            values.append(value)
+        if not orch.is_kernel_call(tool):  # kernel items were counted one by one
+            orch.sessions.record_call(self.session_id, calls=len(values), failures=failures)
+        if first_error is not None and not return_exceptions:
+            raise first_error
+        return values
+
+    # ------------------------------------------------------------------ the session itself
+
+    async def info(self) -> SessionInfo:
+        """Calls, errors, variables and affinity of this session."""
+        return await on_loop(self._loop_thread, self._info())
+
+    async def _info(self) -> SessionInfo:
+        self._orch.check_open()
+        return session_info(self._orch, self.session_id)
+
+    async def aclose(self) -> None:
+        """Close the session on the orchestrator; its variables go with it."""
+        await on_loop(self._loop_thread, self._close())
+
+    async def _close(self) -> None:
+        if not self._orch.closed:
+            await self._orch.sessions.cleanup(self.session_id)
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class _KernelStream:
+    """Batches of a streaming kernel tool, with its errors shaped like a worker's."""
+
+    def __init__(self, orch: Orchestrator, session_id: str, tool: str, kwargs: dict[str, Any]):
+        self._inner = orch.kernel_tools.stream(tool, kwargs)
+        self._tool = tool
+        self._session_id = session_id
+        self.result: object = None
+
+    def __aiter__(self) -> _KernelStream:
+        return self
+
+    async def __anext__(self) -> list[object]:
+        try:
+            batch = await self._inner.__anext__()
+        except StopAsyncIteration:
+            self.result = self._inner.result
+            raise
+        except Exception as exc:
+            raise kernel_tool_error(exc, self._tool, self._session_id) from exc
+        return batch
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class Session:
+    """A session. Get one with ``client.session("exp1")`` (created if needed).
+
+    >>> s = client.session("exp1")
+    >>> s.call("add", a=1, b=2)
+    3
+    >>> for chunk in s.stream("count", n=3): ...
+    >>> s.vars["temperature"] = 0.7
+    """
+
+    def __init__(self, inner: AsyncSession) -> None:
+        self._async = inner
+        self._run = inner._loop_thread.run
+        self._vars: Variables | None = None
+
+    @property
+    def session_id(self) -> str:
+        return self._async.session_id
+
+    @property
+    def id(self) -> str:
+        return self._async.session_id
+
+    @property
+    def strict_affinity(self) -> bool:
+        return self._async.strict_affinity
+
+    @property
+    def timeout(self) -> float | None:
+        return self._async.timeout
+
+    @property
+    def vars(self) -> Variables:
+        """The session's variables: ``s.vars["t"] = 0.7``, ``s.vars["t"]``, ``s.vars.history``."""
+        if self._vars is None:
+            from snakepit_nb._variables_api import Variables
+
+            self._vars = Variables(self._async.vars)
+        return self._vars
+
+    def __repr__(self) -> str:
+        return f"<Session {self.session_id!r}>"
+
+    def _repr_html_(self) -> str:
+        from snakepit_nb.notebook.reprs import session_html
+
+        return session_html(self)
+
+    def call(self, tool: str, /, **kwargs: Any) -> Any:
+        """Call ``tool`` and wait for its result (``_timeout=`` seconds for this call)."""
+        return self._run(self._async.call(tool, **kwargs))
+
+    def stream(self, tool: str, /, **kwargs: Any) -> Stream:
+        """Start a streaming call; iterate the chunks (``.result``, ``.chunks``, ``.close()``)."""
+        return Stream(self._async.stream(tool, **kwargs))
+
+    def map(
+        self,
+        tool: str,
+        kwargs_list: Iterable[Mapping[str, Any]],
+        *,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """Call ``tool`` once per argument mapping, many in flight; results in input order."""
+        return self._run(
+            self._async.map(tool, kwargs_list, return_exceptions=return_exceptions, timeout=timeout)
+        )
+
+    def info(self) -> SessionInfo:
+        """Calls, errors, variables and affinity of this session."""
+        return self._run(self._async.info())
+
+    def close(self) -> None:
+        """Close the session on the orchestrator; its variables go with it."""
+        return self._run(self._async.aclose())
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,40 @@
+"""Exploratory DSPy workflows on the worker pool (extra: ``pip install snakepit_nb[dspy]``).
+
+* ``DSPyAdapter`` (worker side): ``sp.start(adapter="snakepit_nb.adapters.dspy:DSPyAdapter")``
+  gives the pool tools to configure the language model, define, run, stream, inspect,
+  evaluate, optimize, save and load DSPy programs, all kept in session variables.
+* ``DSPy`` (notebook side): a small helper over a session that calls those tools::
+
+      from snakepit_nb.adapters.dspy import DSPy
+      d = DSPy(client.session("exp"))
+      d.configure_lm("fake/rules", temperature=0.0)   # the offline fake model
+      qa = d.program("qa", "question -> answer", module="ChainOfThought")
+      qa(question="What is 2 + 3?")                   # {'reasoning': ..., 'answer': '5'}
+      qa.instructions = "Answer with only the answer."  # the next run follows it
+      for event in qa.optimize(): ...                 # live progress; qa.best_score rises
+
+Nothing here imports DSPy: the kernel never needs it, and workers import it on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .adapter import DSPyAdapter
+    from .client import DSPy, Program
+
+__all__ = ["DSPy", "DSPyAdapter", "Program"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the kernel side imports the helper without the worker package, and vice versa.
+    if name == "DSPyAdapter":
+        from .adapter import DSPyAdapter
+
+        return DSPyAdapter
+    if name in ("DSPy", "Program"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,296 @@
+"""``DSPyAdapter``: DSPy programs defined, run, streamed, evaluated and optimized on the pool.
+
+Start a pool with it and drive it from the notebook (or use the ``DSPy`` helper in
+``snakepit_nb.adapters.dspy``, which wraps these calls)::
+
+    client = sp.start(workers=2, adapter="snakepit_nb.adapters.dspy:DSPyAdapter")
+    s = client.session("exp")
+    s.call("dspy.configure_lm", model="fake/rules", temperature=0.0)
+    s.call("dspy.define_program", name="qa", signature="question -> answer",
+           module="ChainOfThought")
+    s.call("dspy.run", name="qa", inputs={"question": "What is 2 + 3?"})["prediction"]
+    for event in s.stream("dspy.optimize", name="qa", optimizer="BootstrapFewShot"): ...
+
+All state lives in session variables (see ``programs.py`` and ``lm.py``), so any worker
+serves any call and a killed worker loses nothing. DSPy itself is imported on the first call
+that needs it, not when the worker starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from snakepit_nb._errors import InvalidArgumentError
+from snakepit_nb.worker.adapter import tool
+from snakepit_nb.worker.context import SessionContext
+
+from . import environment
+from .background import BackgroundRun
+from .lm import LM_VARIABLE, TEMPERATURE_VARIABLE, LMSettings, validate_temperature
+from .programs import (
+    ProgramVariables,
+    build_program,
+    validate_demos,
+    validate_program_name,
+)
+from .runtime import CallSetup
+from .saving import SavingTools
+from .store import Definition
+from .streaming import run_prediction, stream_prediction
+from .toolkit import KNOBS, check_inputs, describe_program
+from .tuning import TuningTools
+
+__all__ = ["DSPyAdapter"]
+
+_TEMPERATURE_DEF = Definition("float", {"min": 0.0, "max": 2.0}, "sampling temperature")
+
+
+class DSPyAdapter(TuningTools, SavingTools):
+    """Worker tools for exploratory DSPy work; state is kept in session variables."""
+
+    # -- language model ------------------------------------------------------------------
+    @tool(name="dspy.configure_lm")
+    async def configure_lm(
+        self,
+        ctx: SessionContext,
+        *,
+        model: str = "fake/rules",
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        api_base: str | None = None,
+        api_key_env: str | None = None,
+        cache: bool = False,
+        engine: str = "auto",
+        num_retries: int = 3,
+        latency: float = 0.0,
+        chunk_delay: float = 0.0,
+        smoke_test: bool = False,
+    ) -> dict[str, Any]:
+        """Set the session's language model (the variable ``dspy.lm``) and temperature.
+
+        ``model="fake/rules"`` is the offline fake model; anything else goes to ``dspy.LM``
+        (e.g. ``"openai/gpt-4o-mini"``, with ``api_key_env="OPENAI_API_KEY"``).
+        ``smoke_test`` sends one prompt to check the model answers.
+        """
+        settings = LMSettings(
+            model=model,
+            max_tokens=max_tokens,
+            api_base=api_base,
+            api_key_env=api_key_env,
+            cache=cache,
+            engine=engine,
+            num_retries=num_retries,
+            latency=float(latency),
+            chunk_delay=float(chunk_delay),
+        )
+        values: dict[str, Any] = {LM_VARIABLE: settings.to_mapping()}
+        if temperature is not None:
+            values[TEMPERATURE_VARIABLE] = validate_temperature(temperature)
+        lm = await asyncio.to_thread(self.runtime.lms.lm, settings, temperature=temperature)
+        reply = None
+        if smoke_test:
+            reply = await asyncio.to_thread(_ping, lm)
+        await self._store(ctx).write(
+            values, {LM_VARIABLE: Definition("map"), TEMPERATURE_VARIABLE: _TEMPERATURE_DEF}
+        )
+        return {"lm": settings.to_mapping(), "temperature": temperature, "smoke_test": reply}
+
+    # -- programs ------------------------------------------------------------------------
+    @tool(name="dspy.define_program")
+    async def define_program(
+        self,
+        ctx: SessionContext,
+        *,
+        name: str,
+        signature: str,
+        module: str = "Predict",
+        instructions: str | None = None,
+        demos: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Define (or redefine) a program from a signature such as ``"question -> answer"``.
+
+        ``module`` is ``Predict`` or ``ChainOfThought``. Writes the program's variables
+        (``<name>.spec``, ``.state``, ``.instructions``, ``.demos``) and returns its summary.
+        """
+        validate_program_name(name)
+
+        def build() -> tuple[dict[str, Any], Any]:
+            program = build_program(module, signature)
+            (_, predictor), *_ = program.named_predictors()
+            if instructions is not None:
+                for _, p in program.named_predictors():
+                    p.signature = p.signature.with_instructions(instructions)
+            if demos is not None:
+                for pname, p in program.named_predictors():
+                    p.demos = validate_demos(program, pname, demos)
+            spec = {
+                "module": module,
+                "signature": str(signature),
+                "predictors": [n for n, _ in program.named_predictors()],
+                "inputs": list(predictor.signature.input_fields),
+                "outputs": list(predictor.signature.output_fields),
+            }
+            return spec, program
+
+        spec, program = await asyncio.to_thread(build)
+        names = ProgramVariables(name, tuple(spec["predictors"]))
+        await self._write_program(ctx, names, spec, program)
+        self.runtime.forget(ctx.session_id, name)
+        return describe_program(names, spec, program)
+
+    @tool(name="dspy.list_programs", idempotent=True)
+    async def list_programs(self, ctx: SessionContext) -> list[dict[str, Any]]:
+        """The session's DSPy programs: name, module and signature."""
+        records = await ctx.vars.alist("*.spec")
+        return [
+            {
+                "name": r.name[: -len(".spec")],
+                **{k: r.value.get(k) for k in ("module", "signature")},
+            }
+            for r in records
+            if isinstance(r.value, dict) and "signature" in r.value
+        ]
+
+    @tool(name="dspy.inspect_program", idempotent=True, required_variables=KNOBS)
+    async def inspect_program(self, ctx: SessionContext, name: str) -> dict[str, Any]:
+        """The program's predictors, signatures, instructions, demos and variable versions."""
+        setup = await self._prepare(ctx, name)
+        described = describe_program(setup.names, setup.spec, setup.program)
+        described["versions"] = dict(zip(setup.names.definition(), setup.versions, strict=True))
+        described["worker_id"] = ctx.worker_id
+        described["cached"] = setup.cached
+        return described
+
+    @tool(name="dspy.set_instructions")
+    async def set_instructions(
+        self, ctx: SessionContext, name: str, instructions: str, predictor: str | None = None
+    ) -> int:
+        """Replace a predictor's instructions; returns the variable's new version."""
+        names, _, _ = await self.runtime.read_program(self._store(ctx), ctx.session_id, name, [])
+        var = names.instructions(names.predictor_for(predictor))
+        if not instructions.strip():
+            raise InvalidArgumentError("instructions must not be empty; nothing was changed")
+        return (await self._store(ctx).write({var: instructions}))[var]
+
+    @tool(name="dspy.set_demos", required_variables=KNOBS)
+    async def set_demos(
+        self,
+        ctx: SessionContext,
+        name: str,
+        demos: list[dict[str, Any]],
+        predictor: str | None = None,
+    ) -> int:
+        """Replace a predictor's demos (dicts keyed by signature fields); returns the version."""
+        setup = await self._prepare(ctx, name)
+        pname = setup.names.predictor_for(predictor)
+        checked = validate_demos(setup.program, pname, demos)
+        var = setup.names.demos(pname)
+        return (await self._store(ctx).write({var: checked}))[var]
+
+    # -- running -------------------------------------------------------------------------
+    @tool(name="dspy.run", required_variables=KNOBS)
+    async def run(
+        self,
+        ctx: SessionContext,
+        name: str,
+        inputs: dict[str, Any],
+        config: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run the program on ``inputs``; ``config`` may override ``temperature``/``max_tokens``.
+
+        Returns ``{"prediction": {...}, "temperature", "model", "worker_id", ...}`` and writes
+        ``<name>.last_output``.
+        """
+        setup = await self._prepare(ctx, name, config)
+        check_inputs(setup, inputs)
+        prediction = await asyncio.to_thread(run_prediction, setup, inputs)
+        return await self._finish_run(ctx, setup, inputs, prediction)
+
+    @tool(name="dspy.stream", required_variables=KNOBS)
+    async def stream(
+        self,
+        ctx: SessionContext,
+        name: str,
+        inputs: dict[str, Any],
+        config: dict[str, Any] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Run the program and stream its output fields as they are generated.
+
+        Chunks: ``{"type": "token", "field", "predictor", "text", "last"}`` and
+        ``{"type": "status", "message"}``; the final value is what ``dspy.run`` returns.
+        """
+        setup = await self._prepare(ctx, name, config)
+        check_inputs(setup, inputs)
+        run = self._start(
+            BackgroundRun(lambda r: stream_prediction(r, setup, inputs), name="stream")
+        )
+        try:
+            async for event in run:
+                yield event
+        finally:
+            self._stop(run)
+        ctx.set_result(await self._finish_run(ctx, setup, inputs, run.result))
+
+    async def _finish_run(
+        self, ctx: SessionContext, setup: CallSetup, inputs: dict[str, Any], prediction: Any
+    ) -> dict[str, Any]:
+        self.runtime.record(ctx.session_id, setup.name, setup.lm, setup.temperature)
+        prompt = self.runtime.history(ctx.session_id, setup.name, 1)
+        result = {
+            "prediction": prediction,
+            "temperature": setup.temperature,
+            "model": setup.settings.model,
+            "worker_id": ctx.worker_id,
+            "pid": os.getpid(),
+            "cached_program": setup.cached,
+        }
+        last = {**result, "inputs": inputs, "messages": prompt[-1]["messages"] if prompt else []}
+        await self._store(ctx).write({setup.names.last_output: last})
+        return result
+
+    @tool(name="dspy.inspect_history", idempotent=True)
+    async def inspect_history(self, ctx: SessionContext, name: str, n: int = 1) -> dict[str, Any]:
+        """The last ``n`` prompts this worker sent for the program (messages and outputs).
+
+        Falls back to the prompt in ``<name>.last_output`` when this worker ran none.
+        """
+        calls = self.runtime.history(ctx.session_id, name, n)
+        source = "worker"
+        if not calls:
+            names = ProgramVariables(validate_program_name(name))
+            entry = (await self._store(ctx).read([names.last_output])).get(names.last_output)
+            if entry is not None and isinstance(entry.value, dict):
+                calls = [{k: entry.value.get(k) for k in ("messages", "model", "temperature")}]
+                source = "last_output"
+        return {"calls": calls, "worker_id": ctx.worker_id, "source": source}
+
+    # -- the worker ----------------------------------------------------------------------
+    @tool(name="dspy.status", idempotent=True)
+    def status(self, ctx: SessionContext) -> dict[str, Any]:
+        """This worker: pid, DSPy import time, cache counters, running optimizations."""
+        import sys
+
+        dspy = sys.modules.get("dspy")
+        return {
+            "worker_id": ctx.worker_id,
+            "pid": os.getpid(),
+            "dspy_imported": dspy is not None,
+            "dspy_version": getattr(dspy, "__version__", None),
+            "dspy_import_seconds": environment.dspy_import_seconds(),
+            "network_guard": environment.network_guard_installed(),
+            "offline_env": {
+                k: os.environ.get(k)
+                for k in ("LITELLM_LOCAL_MODEL_COST_MAP", "DSPY_CACHEDIR", "LITELLM_MODE")
+            },
+            "program_builds": self.runtime.programs.builds,
+            "program_cache_hits": self.runtime.programs.hits,
+            "active_runs": sorted(r.name for r in self._runs if r.alive),
+        }
+
+
+def _ping(lm: Any) -> str:
+    outputs = lm("Reply with the word ok.")
+    return str(outputs[0]) if outputs else ""

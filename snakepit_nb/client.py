@@ -1,0 +1,517 @@
+"""The public entry points: ``start``/``astart`` and ``Client``/``AsyncClient``.
+
+One implementation, two facades (like httpx): ``AsyncClient`` holds the logic and runs it on
+the ``snakepit-loop`` thread whatever loop awaits it; ``Client`` hands each call to that thread
+and blocks, one line per method. A blocking method called on the loop thread itself refuses
+(it would deadlock) and says to use the async API.
+
+>>> import snakepit_nb as sp
+>>> with sp.start(workers=2) as client:
+...     s = client.session("exp1")
+...     s.call("add", a=1, b=2)
+3
+"""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from snakepit_nb._errors import InvalidArgumentError
+from snakepit_nb._loop import LoopThread, get_loop_thread
+from snakepit_nb._session import AsyncSession, Session, SessionInfo, session_info
+from snakepit_nb._stream import AsyncTelemetryFeed, TelemetryFeed, on_loop
+from snakepit_nb.orchestrator.config import Config
+from snakepit_nb.orchestrator.orchestrator import Orchestrator
+from snakepit_nb.orchestrator.registry import ToolSpec, check_tool_name
+from snakepit_nb.orchestrator.sessions import SessionStats
+
+__all__ = ["AsyncClient", "Client", "ClientStatus", "astart", "start"]
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    """What ``client.status()`` reports: the pool's workers, the queue, sessions and tools."""
+
+    run_id: str
+    address: str
+    workers: tuple[Any, ...]  # WorkerStatus snapshots from the pool
+    queue_length: int
+    sessions: SessionStats
+    tools: int
+    kernel_tools: int
+    pool: Any  # the pool's own PoolStatus, with everything it reports
+
+    def _repr_html_(self) -> str:
+        from snakepit_nb.notebook.widgets.pool import pool_status_html
+
+        return pool_status_html(self, live=False)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(str(self))
+
+    def __str__(self) -> str:
+        lines = [
+            f"snakepit_nb runtime {self.run_id} on {self.address}: {len(self.workers)} workers, "
+            f"queue {self.queue_length}, {self.sessions.active} sessions, {self.tools} tools "
+            f"({self.kernel_tools} in the kernel)",
+            f"{'worker':<8} {'pid':>8} {'state':<11} {'in-flight':>9} {'calls':>8} "
+            f"{'errors':>6} {'restarts':>8} {'rss MiB':>8}",
+        ]
+        for w in self.workers:
+            rss = getattr(w, "rss", None)
+            lines.append(
+                f"{getattr(w, 'worker_id', '?'):<8} {getattr(w, 'pid', None) or '-':>8} "
+                f"{getattr(w, 'state', '?')!s:<11} {getattr(w, 'in_flight', 0):>9} "
+                f"{getattr(w, 'calls', 0):>8} {getattr(w, 'errors', 0):>6} "
+                f"{getattr(w, 'restarts', 0):>8} "
+                f"{(f'{rss / 2**20:.0f}' if rss else '-'):>8}"
+            )
+        return "\n".join(lines)
+
+
+def _parse_tool_source(
+    source: str, function: str | None, name: str | None
+) -> tuple[str, str, bool, str]:
+    """(function, tool name, is a generator, docstring) of a cell's source; checks it parses."""
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidArgumentError("define_tool needs the source text of a function definition")
+    try:
+        module = ast.parse(source)
+    except SyntaxError as exc:
+        raise InvalidArgumentError(
+            f"the tool's source does not parse: {exc.msg} (line {exc.lineno}); fix the cell "
+            "and run it again (no tool was changed)"
+        ) from None
+    defs = [n for n in module.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    if not defs:
+        raise InvalidArgumentError(
+            "the tool's source defines no function; write `def my_tool(...):` in the cell"
+        )
+    if function is None:
+        node = defs[-1]  # helpers first, the tool last: the usual shape of a cell
+    else:
+        found = [n for n in defs if n.name == function]
+        if not found:
+            names = ", ".join(n.name for n in defs)
+            raise InvalidArgumentError(
+                f"the source defines no function {function!r}; it defines: {names}"
+            )
+        node = found[-1]
+    is_generator = any(isinstance(n, ast.Yield | ast.YieldFrom) for n in _own_nodes(node))
+    doc = ast.get_docstring(node) or ""
+    return node.name, check_tool_name(name or node.name), is_generator, doc
+
+
+def _own_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:
+    """Nodes of ``func``'s body, not of functions or lambdas nested in it."""
+    found: list[ast.AST] = []
+    stack: list[ast.AST] = list(func.body)
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                stack.append(child)
+    return found
+
+
+class AsyncClient:
+    """A running snakepit_nb runtime, awaitable. Get one with ``await sp.astart(...)``.
+
+    >>> aclient = await sp.astart(workers=2)
+    >>> s = await aclient.session("exp1")
+    >>> await s.call("echo", value=[1, 2.5, None])
+    [1, 2.5, None]
+    >>> await aclient.aclose()
+    """
+
+    def __init__(self, orchestrator: Orchestrator, loop_thread: LoopThread) -> None:
+        self._orch = orchestrator
+        self._loop_thread = loop_thread
+
+    @classmethod
+    async def _create(cls, config: Config) -> AsyncClient:
+        orchestrator = Orchestrator(config)
+        await orchestrator.start()
+        client = cls(orchestrator, get_loop_thread())
+        _live.add(client)
+        return client
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def config(self) -> Config:
+        return self._orch.config
+
+    @property
+    def address(self) -> str:
+        """Where the orchestrator serves (workers dial it)."""
+        return self._orch.address
+
+    @property
+    def run_id(self) -> str:
+        return self._orch.run_id
+
+    @property
+    def closed(self) -> bool:
+        return self._orch.closed
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        """The runtime's internals (server, sessions, registry, pool), for tools and tests."""
+        return self._orch
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.config.workers} workers"
+        return f"<{type(self).__name__} {self.run_id} {state}>"
+
+    # ------------------------------------------------------------------ tools
+
+    async def tools(self) -> list[ToolSpec]:
+        """Every tool: the workers', the cell-defined ones and the kernel tools."""
+        return await on_loop(self._loop_thread, self._tools())
+
+    async def _tools(self) -> list[ToolSpec]:
+        self._orch.check_open()
+        specs = sorted(self._orch.registry.specs(), key=lambda s: s.name)
+        return [ToolSpec.from_pb(spec) for spec in specs]
+
+    async def define_tool(
+        self,
+        source: str,
+        *,
+        name: str | None = None,
+        function: str | None = None,
+        stream: bool = False,
+        description: str | None = None,
+    ) -> ToolSpec:
+        """Make a tool from source text (a notebook cell) in every worker, now and later.
+
+        ``function`` names the tool's function (default: the last one defined); ``name`` the
+        tool (default: the function's name). Redefining a name replaces the tool everywhere.
+        A source that does not parse or import raises and changes nothing.
+        """
+        func, tool_name, is_gen, doc = _parse_tool_source(source, function, name)
+        return await on_loop(
+            self._loop_thread,
+            self._define_tool(tool_name, source, func, stream or is_gen, description or doc),
+        )
+
+    async def _define_tool(
+        self, name: str, source: str, function: str, streaming: bool, description: str
+    ) -> ToolSpec:
+        orch = self._orch
+        orch.check_open()
+        spec = await orch.pool.define_tool(name, source, function, streaming, description)
+        orch.registry.add_cell_tool(spec)
+        return ToolSpec.from_pb(spec)
+
+    async def remove_tool(self, name: str) -> None:
+        """Remove a cell-defined tool from every worker."""
+        await on_loop(self._loop_thread, self._remove_tool(name))
+
+    async def _remove_tool(self, name: str) -> None:
+        orch = self._orch
+        orch.check_open()
+        if name not in {s.name for s in orch.registry.cell_tools()}:
+            cells = ", ".join(s.name for s in orch.registry.cell_tools()) or "none"
+            raise InvalidArgumentError(
+                f"{name!r} is not a cell-defined tool, so it cannot be removed; cell-defined "
+                f"tools: {cells}"
+            )
+        await orch.pool.remove_tool(name)
+        orch.registry.remove_cell_tool(name)
+
+    async def register_kernel_tool(
+        self,
+        function: Callable[..., Any],
+        name: str | None = None,
+        description: str | None = None,
+    ) -> ToolSpec:
+        """Let workers call ``function`` (run here, in the kernel) as a tool.
+
+        Sync functions run in a small thread pool, ``async def`` ones on the loop thread.
+        Workers call it with ``ctx.call_kernel_tool(name, **kwargs)``.
+        """
+        return await on_loop(
+            self._loop_thread, self._register_kernel_tool(function, name, description)
+        )
+
+    async def _register_kernel_tool(
+        self, function: Callable[..., Any], name: str | None, description: str | None
+    ) -> ToolSpec:
+        self._orch.check_open()
+        spec = self._orch.kernel_tools.register(function, name=name, description=description)
+        return ToolSpec.from_pb(spec)
+
+    async def unregister_kernel_tool(self, name: str) -> None:
+        """Remove a kernel tool."""
+        await on_loop(self._loop_thread, self._unregister_kernel_tool(name))
+
+    async def _unregister_kernel_tool(self, name: str) -> None:
+        self._orch.check_open()
+        self._orch.kernel_tools.unregister(name)
+
+    # ------------------------------------------------------------------ sessions
+
+    async def session(
+        self,
+        session_id: str | None = None,
+        *,
+        strict_affinity: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - the default deadline of its calls
+    ) -> AsyncSession:
+        """Get or create a session (``None``: a fresh id).
+
+        ``strict_affinity=True`` keeps every call of the session on one worker (for objects
+        that live in that process); ``timeout`` is the default deadline of its calls.
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise InvalidArgumentError(
+                f"timeout must be a positive number of seconds or None, not {timeout!r}"
+            )
+        return await on_loop(self._loop_thread, self._session(session_id, strict_affinity, timeout))
+
+    async def _session(
+        self, session_id: str | None, strict_affinity: bool, limit: float | None
+    ) -> AsyncSession:
+        orch = self._orch
+        orch.check_open()
+        record = orch.sessions.create(session_id, strict_affinity=strict_affinity)
+        effective = limit if limit is not None else orch.config.call_timeout
+        return AsyncSession(
+            orch,
+            self._loop_thread,
+            record.session_id,
+            strict_affinity=record.strict_affinity,
+            timeout=effective,
+        )
+
+    async def sessions(self) -> list[SessionInfo]:
+        """Every live session, oldest first."""
+        return await on_loop(self._loop_thread, self._sessions())
+
+    async def _sessions(self) -> list[SessionInfo]:
+        orch = self._orch
+        orch.check_open()
+        return [session_info(orch, r.session_id) for r in orch.sessions.records()]
+
+    # ------------------------------------------------------------------ status and closing
+
+    async def status(self) -> ClientStatus:
+        """Workers (pid, state, in-flight, calls, errors, restarts, memory), queue, sessions."""
+        return await on_loop(self._loop_thread, self._status())
+
+    async def _status(self) -> ClientStatus:
+        orch = self._orch
+        orch.check_open()
+        pool_status = orch.pool.status()
+        return ClientStatus(
+            run_id=orch.run_id,
+            address=orch.address,
+            workers=tuple(getattr(pool_status, "workers", ())),
+            queue_length=int(getattr(pool_status, "queue_length", 0)),
+            sessions=orch.sessions.stats(),
+            tools=len(orch.registry.specs()),
+            kernel_tools=len(orch.kernel_tools.names()),
+            pool=pool_status,
+        )
+
+    async def telemetry(
+        self, *, prefix: tuple[str, ...] = (), maxsize: int = 1000
+    ) -> AsyncTelemetryFeed:
+        """A feed of worker telemetry events (``("snakepit", "tool", "stop")``, ...).
+
+        ``prefix`` keeps only events whose name starts with it; at most ``maxsize`` unread
+        events are kept (the oldest go first). Workers send telemetry only while a feed is
+        open.
+        """
+        return await on_loop(self._loop_thread, self._telemetry(prefix, maxsize))
+
+    async def _telemetry(self, prefix: tuple[str, ...], maxsize: int) -> AsyncTelemetryFeed:
+        self._orch.check_open()
+        subscription = self._orch.telemetry.subscribe(maxsize=maxsize, prefix=tuple(prefix))
+        return AsyncTelemetryFeed(self._loop_thread, subscription)
+
+    async def aclose(self) -> None:
+        """Stop the workers and the server; idempotent."""
+        await on_loop(self._loop_thread, self._orch.close())
+        _live.discard(self)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class Client:
+    """A running snakepit_nb runtime. Get one with ``sp.start(...)``.
+
+    >>> client = sp.start(workers=2)
+    >>> client.tools()[:2]
+    [ToolSpec(name='add', ...), ...]
+    >>> s = client.session("exp1")
+    >>> s.call("add", a=1, b=2)
+    3
+    >>> client.close()
+    """
+
+    def __init__(self, inner: AsyncClient) -> None:
+        self._async = inner
+        self._run = inner._loop_thread.run
+
+    @property
+    def config(self) -> Config:
+        return self._async.config
+
+    @property
+    def address(self) -> str:
+        """Where the orchestrator serves (workers dial it)."""
+        return self._async.address
+
+    @property
+    def run_id(self) -> str:
+        return self._async.run_id
+
+    @property
+    def closed(self) -> bool:
+        return self._async.closed
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        """The runtime's internals (server, sessions, registry, pool), for tools and tests."""
+        return self._async.orchestrator
+
+    @property
+    def aio(self) -> AsyncClient:
+        """The same runtime, awaitable."""
+        return self._async
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.config.workers} workers"
+        return f"<Client {self.run_id} {state}>"
+
+    def _repr_html_(self) -> str:
+        from snakepit_nb.notebook.reprs import client_html
+
+        return client_html(self, None if self.closed else self.status())
+
+    def tools(self) -> list[ToolSpec]:
+        """Every tool: the workers', the cell-defined ones and the kernel tools."""
+        return self._run(self._async.tools())
+
+    def define_tool(
+        self,
+        source: str,
+        *,
+        name: str | None = None,
+        function: str | None = None,
+        stream: bool = False,
+        description: str | None = None,
+    ) -> ToolSpec:
+        """Make a tool from source text (a notebook cell) in every worker, now and later."""
+        return self._run(
+            self._async.define_tool(
+                source, name=name, function=function, stream=stream, description=description
+            )
+        )
+
+    def remove_tool(self, name: str) -> None:
+        """Remove a cell-defined tool from every worker."""
+        return self._run(self._async.remove_tool(name))
+
+    def register_kernel_tool(
+        self,
+        function: Callable[..., Any],
+        name: str | None = None,
+        description: str | None = None,
+    ) -> ToolSpec:
+        """Let workers call ``function`` (run here, in the kernel) as a tool."""
+        return self._run(self._async.register_kernel_tool(function, name, description))
+
+    def unregister_kernel_tool(self, name: str) -> None:
+        """Remove a kernel tool."""
+        return self._run(self._async.unregister_kernel_tool(name))
+
+    def session(
+        self,
+        session_id: str | None = None,
+        *,
+        strict_affinity: bool = False,
+        timeout: float | None = None,
+    ) -> Session:
+        """Get or create a session (``None``: a fresh id)."""
+        return Session(
+            self._run(
+                self._async.session(session_id, strict_affinity=strict_affinity, timeout=timeout)
+            )
+        )
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every live session, oldest first."""
+        return self._run(self._async.sessions())
+
+    def status(self) -> ClientStatus:
+        """Workers (pid, state, in-flight, calls, errors, restarts, memory), queue, sessions."""
+        return self._run(self._async.status())
+
+    def telemetry(self, *, prefix: tuple[str, ...] = (), maxsize: int = 1000) -> TelemetryFeed:
+        """A feed of worker telemetry events; iterate it, ``drain()`` it, ``close()`` it."""
+        return TelemetryFeed(self._run(self._async.telemetry(prefix=prefix, maxsize=maxsize)))
+
+    def close(self) -> None:
+        """Stop the workers and the server; idempotent."""
+        return self._run(self._async.aclose())
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def start(**config: Any) -> Client:
+    """Start an orchestrator and its workers; returns a ``Client``.
+
+    Settings are those of :class:`snakepit_nb.orchestrator.config.Config` (``workers``,
+    ``adapter``, ``python``, ``worker_command``, ``env``, ``startup_timeout``,
+    ``call_timeout``, ``max_queue``, ``session_ttl``, ...). A worker that does not become ready
+    within ``startup_timeout`` raises ``StartupError`` with its stderr tail, and nothing is
+    left running.
+    """
+    settings = Config.from_kwargs(**config)
+    return Client(get_loop_thread().run(AsyncClient._create(settings)))
+
+
+async def astart(**config: Any) -> AsyncClient:
+    """``start``, awaitable: ``aclient = await sp.astart(workers=2)``."""
+    settings = Config.from_kwargs(**config)
+    return await on_loop(get_loop_thread(), AsyncClient._create(settings))
+
+
+# Clients still open at interpreter exit are closed (their workers stopped) once, here.
+_live: weakref.WeakSet[AsyncClient] = weakref.WeakSet()
+_exit_lock = threading.Lock()
+
+
+def _close_all_at_exit() -> None:
+    with _exit_lock:
+        for client in list(_live):
+            loop_thread = client._loop_thread
+            if not loop_thread.is_alive() or loop_thread.in_loop_thread():
+                continue
+            with contextlib.suppress(BaseException):  # best effort at exit
+                loop_thread.run(client._orch.close(), timeout=10)
+
+
+atexit.register(_close_all_at_exit)

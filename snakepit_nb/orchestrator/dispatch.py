@@ -1,0 +1,257 @@
+"""Choosing a worker for each call: least-loaded, session affinity, and a bounded queue.
+
+Affinity modes:
+
+- ``"none"``: the least-loaded ready worker with free capacity.
+- ``"hint"`` (default): the session's last worker if it has free capacity, else as ``"none"``.
+  Cheap locality (warm caches) without ever waiting for one worker.
+- ``"strict"``: the session is bound to the worker (incarnation) that ran its first call, for
+  objects that live in that process. Calls wait for that worker; if it died or was recycled the
+  call fails with :class:`SessionWorkerGoneError`, because the objects are lost.
+
+When no worker has free capacity the call waits in one FIFO queue of at most ``max_queue``
+calls; past that, :class:`PoolSaturatedError` (RESOURCE_EXHAUSTED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from snakepit_nb._errors import (
+    ClosedError,
+    InvalidArgumentError,
+    PoolSaturatedError,
+    SessionWorkerGoneError,
+    WorkerFailedError,
+    WorkerUnavailableError,
+)
+from snakepit_nb.orchestrator.worker_handle import WorkerHandle, WorkerState
+
+__all__ = ["AFFINITIES", "Affinity", "Dispatcher"]
+
+Affinity = Literal["none", "hint", "strict"]
+AFFINITIES: tuple[str, ...] = ("none", "hint", "strict")
+
+# Session -> last worker hints are a cache; strict bindings are kept until the session is
+# forgotten (closed or expired).
+_MAX_HINTS = 10_000
+
+
+@dataclass(eq=False)
+class _Waiter:
+    future: asyncio.Future[WorkerHandle]
+    session_id: str
+    only: WorkerHandle | None  # strict affinity: this slot, this incarnation
+    incarnation: int
+    prefer: str | None
+
+
+class Dispatcher:
+    """Hands out worker slots to calls; all methods run on the loop thread."""
+
+    def __init__(self, handles: Sequence[WorkerHandle], *, max_queue: int) -> None:
+        self._handles = list(handles)
+        self._by_id = {h.worker_id: h for h in self._handles}
+        self.max_queue = max_queue
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._strict: dict[str, tuple[str, int]] = {}
+        self._hints: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._rotation = 0
+        self.closed = False
+
+    @property
+    def queue_length(self) -> int:
+        return sum(1 for w in self._waiters if not w.future.done())
+
+    # ------------------------------------------------------------------ acquiring
+
+    async def acquire(self, session_id: str, affinity: str) -> WorkerHandle:
+        """A READY worker with a free slot, its ``in_flight`` already counted.
+
+        The caller must call :meth:`release` when the call is over. Wrap in a timeout for a
+        deadline; cancellation while queued removes the call from the queue.
+        """
+        if self.closed:
+            raise ClosedError("the pool is closed; start a new one with sp.start()")
+        only, incarnation = self._strict_target(session_id, affinity)
+        prefer = self._hints.get(session_id) if affinity == "hint" else None
+        if not self._waiters:
+            handle = self._pick(only, incarnation, prefer)
+            if handle is not None:
+                self._take(handle, session_id, affinity)
+                return handle
+        self._check_can_ever_run(only)
+        if self.queue_length >= self.max_queue:
+            raise PoolSaturatedError(
+                f"pool saturated: {self.queue_length} calls queued (max_queue={self.max_queue}); "
+                "wait for results or start more workers"
+            )
+        future: asyncio.Future[WorkerHandle] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(future, session_id, only, incarnation, prefer)
+        self._waiters.append(waiter)
+        self.pump()
+        try:
+            handle = await future
+        except BaseException:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                # Handed a slot at the same moment we were cancelled: give it back.
+                self.release(future.result())
+            else:
+                future.cancel()
+            raise
+        self._take(handle, session_id, affinity, counted=True)
+        return handle
+
+    def release(self, handle: WorkerHandle) -> None:
+        """A call on ``handle`` is over: free its slot and hand it to the next waiter."""
+        if handle.in_flight > 0:
+            handle.in_flight -= 1
+        if self._waiters:
+            self.pump()
+
+    def pump(self) -> None:
+        """Give free slots to queued calls, oldest first."""
+        waiters = self._waiters
+        if not waiters:
+            return
+        keep: collections.deque[_Waiter] = collections.deque()
+        while waiters:
+            waiter = waiters.popleft()
+            if waiter.future.done():
+                continue
+            handle = self._pick(waiter.only, waiter.incarnation, waiter.prefer)
+            if handle is None:
+                keep.append(waiter)
+                if waiter.only is None and not self._any_free():
+                    break
+                continue
+            handle.in_flight += 1
+            waiter.future.set_result(handle)
+        keep.extend(waiters)
+        self._waiters = keep
+
+    # ------------------------------------------------------------------ events from supervision
+
+    def worker_gone(self, handle: WorkerHandle) -> None:
+        """The incarnation running on ``handle`` is gone: strict waiters for it fail now."""
+        for waiter in self._waiters:
+            if waiter.only is handle and not waiter.future.done():
+                waiter.future.set_exception(self._gone_error(waiter.session_id, handle))
+        self.fail_if_hopeless()
+
+    def fail_if_hopeless(self) -> None:
+        """If every slot has been given up, queued calls fail instead of waiting forever."""
+        if any(h.state not in (WorkerState.FAILED, WorkerState.STOPPED) for h in self._handles):
+            return
+        exc = self._failed_error()
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
+        self._waiters.clear()
+
+    def close(self, exc: BaseException) -> None:
+        self.closed = True
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
+        self._waiters.clear()
+
+    def forget_session(self, session_id: str) -> None:
+        self._strict.pop(session_id, None)
+        self._hints.pop(session_id, None)
+
+    def bound_worker(self, session_id: str) -> str | None:
+        bound = self._strict.get(session_id)
+        return bound[0] if bound else self._hints.get(session_id)
+
+    # ------------------------------------------------------------------ internals
+
+    def _strict_target(self, session_id: str, affinity: str) -> tuple[WorkerHandle | None, int]:
+        if affinity not in AFFINITIES:
+            raise InvalidArgumentError(
+                f"affinity must be one of {', '.join(AFFINITIES)}, not {affinity!r}"
+            )
+        if affinity != "strict":
+            return None, 0
+        bound = self._strict.get(session_id)
+        if bound is None:
+            return None, 0
+        handle = self._by_id[bound[0]]
+        if handle.incarnation != bound[1] or handle.gone.done():
+            raise self._gone_error(session_id, handle)
+        return handle, bound[1]
+
+    def _pick(
+        self, only: WorkerHandle | None, incarnation: int, prefer: str | None
+    ) -> WorkerHandle | None:
+        if only is not None:
+            if only.incarnation == incarnation and only.has_capacity:
+                return only
+            return None
+        if prefer is not None:
+            preferred = self._by_id.get(prefer)
+            if preferred is not None and preferred.has_capacity:
+                return preferred
+        best: WorkerHandle | None = None
+        n = len(self._handles)
+        # Rotate the starting point so ties spread over the workers.
+        self._rotation = (self._rotation + 1) % n if n else 0
+        for i in range(n):
+            handle = self._handles[(self._rotation + i) % n]
+            if handle.has_capacity and (best is None or handle.in_flight < best.in_flight):
+                best = handle
+                if handle.in_flight == 0:
+                    break
+        return best
+
+    def _any_free(self) -> bool:
+        return any(h.has_capacity for h in self._handles)
+
+    def _take(
+        self, handle: WorkerHandle, session_id: str, affinity: str, *, counted: bool = False
+    ) -> None:
+        if not counted:
+            handle.in_flight += 1
+        if affinity == "strict":
+            self._strict.setdefault(session_id, (handle.worker_id, handle.incarnation))
+        elif affinity == "hint" and session_id:
+            hints = self._hints
+            if hints.get(session_id) != handle.worker_id:
+                hints[session_id] = handle.worker_id
+                if len(hints) > _MAX_HINTS:
+                    hints.popitem(last=False)
+
+    def _check_can_ever_run(self, only: WorkerHandle | None) -> None:
+        if only is not None:
+            if only.state is WorkerState.FAILED:
+                raise WorkerFailedError(self._failed_message(only))
+            return
+        if all(h.state in (WorkerState.FAILED, WorkerState.STOPPED) for h in self._handles):
+            raise self._failed_error()
+
+    def _failed_error(self) -> WorkerUnavailableError | WorkerFailedError:
+        failed = [h for h in self._handles if h.state is WorkerState.FAILED]
+        if failed:
+            return WorkerFailedError(self._failed_message(failed[0]))
+        return WorkerUnavailableError(
+            "no workers are running; start some with `%snakepit start -n 2` or sp.start()"
+        )
+
+    @staticmethod
+    def _failed_message(handle: WorkerHandle) -> str:
+        tail = handle.last_error.strip() or "(no stderr output)"
+        return (
+            f"worker {handle.worker_id} crash-looping: it restarted {handle.restarts} times and "
+            f"was given up; fix the cause shown below and restart the pool.\n{tail}"
+        )
+
+    @staticmethod
+    def _gone_error(session_id: str, handle: WorkerHandle) -> SessionWorkerGoneError:
+        return SessionWorkerGoneError(
+            f"session {session_id!r} was bound to worker {handle.worker_id}, which is gone; its "
+            "in-memory objects are lost — recreate them or use a non-strict session"
+        )

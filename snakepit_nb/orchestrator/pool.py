@@ -1,0 +1,603 @@
+"""The worker pool: N supervised worker processes, and every way to call a tool in them.
+
+>>> pool = Pool(config, orchestrator_address=server.address, token=token, run_id=run_id,
+...             registry=registry)
+>>> await pool.start()                                  # N workers, started concurrently
+>>> await pool.call("s1", "add", {"a": 1, "b": 2}, timeout=5.0)
+3
+>>> async for batch in pool.stream("s1", "count", {"n": 3}, timeout=None):
+...     print(batch)                                    # decoded chunks, in batches
+>>> await pool.map("s1", "add", [{"a": i, "b": 1} for i in range(10_000)], timeout=None)
+[(True, 1), (True, 2), ...]
+>>> pool.status().workers[0].state
+'ready'
+
+Calls to our workers travel over one multiplexed call channel per worker (see
+:mod:`~snakepit_nb.orchestrator.channel`); workers that do not serve it (the published Snakepit
+worker, run with ``worker_command=[...]``) get one plain ``ExecuteTool`` RPC per call.
+Semantics: at-most-once by default; a call of a tool whose spec says ``idempotent`` is retried
+once on another (or the replacement) worker when its worker dies.
+
+Foreign workers and the token: every RPC between the orchestrator and our workers carries the
+runtime's secret token, so no other local process can call either side. A foreign worker
+(``worker_command=[...]``, e.g. the published ``grpc_server.py``) cannot send it, so running
+one needs ``auth=False``: then any process on this machine that finds the orchestrator's
+loopback port can call it (read and write session variables, call kernel tools). Opt in only
+for workers you trust, on a machine you do not share. Foreign workers get no call channel, no
+batching and no cell-defined tools; their tools appear once they register them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import grpc
+import grpc.aio
+
+from snakepit_nb._errors import (
+    CallTimeoutError,
+    ClosedError,
+    InvalidArgumentError,
+    ProtocolError,
+    StartupError,
+    WorkerCrashedError,
+)
+from snakepit_nb.orchestrator.batches import MapResult, run_map
+from snakepit_nb.orchestrator.channel import ChannelBrokenError
+from snakepit_nb.orchestrator.dispatch import Dispatcher
+from snakepit_nb.orchestrator.streams import StreamCall
+from snakepit_nb.orchestrator.supervision import Supervisor, WorkerGone
+from snakepit_nb.orchestrator.tool_definitions import ToolDefinitions
+from snakepit_nb.orchestrator.worker_handle import WorkerHandle, WorkerState, WorkerStatus
+from snakepit_nb.protocol import pb
+from snakepit_nb.protocol.codec import (
+    binary_parameter_metadata,
+    decode_any,
+    decode_any_with_binary,
+    encode_params,
+    remote_error_from_payload,
+)
+from snakepit_nb.protocol.status import error_from_call_error, map_rpc_error
+
+if TYPE_CHECKING:
+    from snakepit_nb.orchestrator.config import Config
+    from snakepit_nb.orchestrator.launcher import Launcher
+    from snakepit_nb.orchestrator.registry import ToolRegistry
+
+__all__ = ["MapResult", "Pool", "PoolStatus", "StreamCall", "WorkerStatus"]
+
+log = logging.getLogger("snakepit_nb.pool")
+# A library stays quiet unless the application configures logging (no "last resort" output).
+logging.getLogger("snakepit_nb").addHandler(logging.NullHandler())
+
+#: Extra attempts for a tool marked idempotent whose worker died during the call.
+IDEMPOTENT_RETRIES = 1
+
+TelemetryCallback = Callable[[str, pb.TelemetryEvent], None]
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """A snapshot of the pool, as ``client.status()`` shows it."""
+
+    workers: list[WorkerStatus]
+    queue_length: int
+    max_queue: int
+    capacity: int
+    uptime: float
+    closed: bool = False
+    totals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> int:
+        return sum(1 for w in self.workers if w.state == WorkerState.READY.value)
+
+
+class Pool:
+    """N supervised workers; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        orchestrator_address: str,
+        token: str | None,
+        run_id: str,
+        registry: ToolRegistry,
+        launcher: Launcher | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.run_id = run_id
+        self.token = token if config.auth else None
+        if launcher is None:
+            from snakepit_nb.orchestrator.launcher import LocalProcessLauncher
+
+            transport: Literal["tcp", "unix"] = "unix" if config.transport == "unix" else "tcp"
+            launcher = LocalProcessLauncher(run_id=run_id, transport=transport)
+        self.launcher = launcher
+        self.handles = [
+            WorkerHandle(f"w{i + 1}", capacity=config.capacity) for i in range(config.workers)
+        ]
+        self.dispatcher = Dispatcher(self.handles, max_queue=config.max_queue)
+        self.supervisor = Supervisor(
+            config,
+            handles=self.handles,
+            dispatcher=self.dispatcher,
+            launcher=launcher,
+            orchestrator_address=orchestrator_address,
+            token=self.token,
+            run_id=run_id,
+            prepare=self._prepare_worker,
+            on_gone=self._worker_gone,
+        )
+        self.metadata = self.supervisor.metadata
+        self.definitions = ToolDefinitions(self)
+        self._telemetry_callbacks: list[TelemetryCallback] = []
+        self._telemetry_tasks: dict[str, asyncio.Task[None]] = {}
+        self._started_at = 0.0
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start every worker concurrently. StartupError (with the stderr tail) if one fails;
+        then nothing is left running."""
+        if self._closed:
+            raise ClosedError("this pool was closed; start a new one with sp.start()")
+        self._started_at = time.monotonic()
+        try:
+            await self.supervisor.start_all()
+        except StartupError as exc:
+            await self.close()
+            if self.config.worker_command and self.config.auth:
+                raise StartupError(
+                    f"{exc}\nA foreign worker program cannot send the runtime token; if this one "
+                    "does not, start with auth=False (see the security note in the docs)."
+                ) from exc
+            raise
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stop every worker; calls still running fail with ClosedError. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._telemetry_tasks.values():
+            task.cancel()
+        await self.supervisor.close()
+        self._telemetry_tasks.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the pool is closed; start a new one with sp.start()")
+
+    # ------------------------------------------------------------------ unary calls
+
+    async def call(
+        self,
+        session_id: str,
+        tool: str,
+        kwargs: Mapping[str, object],
+        *,
+        timeout: float | None,  # noqa: ASYNC109 - the pool's contract; covers queueing too
+        affinity: str = "hint",
+        metadata: Mapping[str, str] | None = None,
+        variables: Sequence[pb.Variable] = (),
+    ) -> object:
+        """Run ``tool(**kwargs)`` in a worker and return its decoded result.
+
+        Raises RemoteToolError (the tool raised), CallTimeoutError (``timeout`` seconds passed,
+        queueing included; the worker is told to stop), WorkerCrashedError, PoolSaturatedError,
+        SessionWorkerGoneError / WorkerFailedError, or the error a worker reports for bad
+        arguments or an unknown tool.
+        """
+        self._check_open()
+        if timeout is None:
+            timeout = self.config.call_timeout
+        request = self.build_request(session_id, tool, kwargs, metadata, variables)
+        payload = request.SerializeToString()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout is not None else None
+        attempt = 0
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await self._call_once(
+                        session_id, tool, request, payload, affinity, deadline
+                    )
+            except TimeoutError as exc:
+                raise CallTimeoutError(
+                    f"call of {tool!r} did not finish within {timeout:g} s; the worker was told "
+                    "to stop it — pass a larger timeout if it is only slow"
+                ) from exc
+            except WorkerCrashedError:
+                if attempt >= IDEMPOTENT_RETRIES or not self.is_idempotent(tool):
+                    raise
+                attempt += 1
+                log.info("retrying idempotent tool %r after its worker died", tool)
+
+    def build_request(
+        self,
+        session_id: str,
+        tool: str,
+        kwargs: Mapping[str, object],
+        metadata: Mapping[str, str] | None = None,
+        variables: Sequence[pb.Variable] = (),
+    ) -> pb.ExecuteToolRequest:
+        if not isinstance(kwargs, Mapping):
+            raise InvalidArgumentError(
+                f"arguments of {tool!r} must be a mapping of names to values, not "
+                f"{type(kwargs).__name__}"
+            )
+        params, binary = encode_params(kwargs)
+        request = pb.ExecuteToolRequest(session_id=session_id, tool_name=tool)
+        for name, value in params.items():
+            request.parameters[name].CopyFrom(value)
+        if binary:
+            request.binary_parameters.update(binary)
+            request.metadata.update(binary_parameter_metadata(binary))
+        if metadata:
+            request.metadata.update(metadata)
+        if variables:
+            request.variables.extend(variables)
+        return request
+
+    def is_idempotent(self, tool: str) -> bool:
+        spec = self.registry.worker_tool(tool)
+        if spec is None:
+            for handle in self.handles:
+                spec = handle.tools.get(tool)
+                if spec is not None:
+                    break
+        return spec is not None and spec.metadata.get("idempotent") == "true"
+
+    async def _call_once(  # noqa: PLR0917
+        self,
+        session_id: str,
+        tool: str,
+        request: pb.ExecuteToolRequest,
+        payload: bytes,
+        affinity: str,
+        deadline: float | None,
+    ) -> object:
+        handle = await self.dispatcher.acquire(session_id, affinity)
+        while handle.call_channel is not None:
+            try:
+                return await self._channel_call(handle, tool, session_id, payload, deadline)
+            except _NotSent:
+                # The worker's channel broke before the call left: nothing ran, so another
+                # worker (or the replacement) may take it, whatever the tool's idempotency.
+                handle = await self.dispatcher.acquire(session_id, affinity)
+        try:
+            return await self._plain_call(handle, tool, session_id, request, deadline)
+        finally:
+            self._finish(handle)
+
+    def _finish(self, handle: WorkerHandle, *, calls: int = 1, errors: int = 0) -> None:
+        handle.calls += calls
+        handle.errors += errors
+        self.dispatcher.release(handle)
+        if handle.in_flight == 0 and handle.drained is not None:
+            handle.drained.set()
+        if self.config.recycle_after_calls is not None:
+            self.supervisor.after_call(handle)
+
+    async def _channel_call(
+        self,
+        handle: WorkerHandle,
+        tool: str,
+        session_id: str,
+        payload: bytes,
+        deadline: float | None,
+    ) -> object:
+        channel = handle.call_channel
+        assert channel is not None
+        remaining = _remaining(deadline)
+        try:
+            call_id, future = channel.submit(request=payload, timeout=remaining or 0.0)
+        except ChannelBrokenError:
+            self._finish(handle, calls=0)
+            raise _NotSent from None
+        except BaseException:
+            self._finish(handle)
+            raise
+        try:
+            message = await future
+        except asyncio.CancelledError:
+            if future.cancelled():
+                # We were cancelled (deadline, interrupt): tell the worker, and keep its slot
+                # busy until it confirms the tool stopped.
+                channel.cancel(call_id)
+                channel.track(call_id).add_done_callback(lambda f: self._settle(handle, f))
+            else:
+                self._settle(handle, future)
+            raise
+        except WorkerGone as gone:
+            self._finish(handle, errors=1)
+            raise gone.error_for(tool) from None
+        except ClosedError:
+            self._finish(handle, errors=1)
+            raise
+        kind = message.WhichOneof("body")
+        if kind == "response":
+            response = message.response
+            if response.success:
+                self._finish(handle)
+                if response.binary_result:
+                    return decode_any_with_binary(response.result, response.binary_result)
+                return decode_any(response.result)
+            self._finish(handle, errors=1)
+            raise remote_error_from_payload(
+                response.error_message,
+                tool_name=tool,
+                session_id=session_id,
+                worker_id=handle.worker_id,
+            )
+        self._finish(handle, errors=1)
+        if kind == "error":
+            raise error_from_call_error(message.error)
+        raise ProtocolError(
+            f"worker {handle.worker_id} answered a call with a {kind!r} message; the worker "
+            "and the orchestrator disagree on the call channel contract"
+        )
+
+    def _settle(self, handle: WorkerHandle, future: asyncio.Future[Any]) -> None:
+        """A cancelled call's answer (or failure) arrived: now its slot is free."""
+        if not future.cancelled():
+            future.exception()  # mark retrieved
+        self._finish(handle, errors=1)
+
+    async def _plain_call(
+        self,
+        handle: WorkerHandle,
+        tool: str,
+        session_id: str,
+        request: pb.ExecuteToolRequest,
+        deadline: float | None,
+    ) -> object:
+        stub = handle.stub
+        assert stub is not None
+        call = stub.ExecuteTool(request, metadata=self.metadata, timeout=_remaining(deadline))
+        gone: list[BaseException] = []
+
+        def on_gone(exc: BaseException) -> None:
+            gone.append(exc)
+            call.cancel()
+
+        op = handle.add_op(on_gone)
+        try:
+            response = await call
+        except (asyncio.CancelledError, grpc.aio.AioRpcError) as exc:
+            handle.errors += 1
+            if gone and isinstance(gone[0], WorkerGone):
+                raise gone[0].error_for(tool) from None
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                reason = await self._gone_reason(handle, wait=1.0)
+                if reason is not None:
+                    raise reason.error_for(tool) from None
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError from exc
+            raise map_rpc_error(exc) from exc
+        finally:
+            handle.remove_op(op)
+        if response.success:
+            if response.binary_result:
+                return decode_any_with_binary(response.result, response.binary_result)
+            return decode_any(response.result)
+        handle.errors += 1
+        raise remote_error_from_payload(
+            response.error_message,
+            tool_name=tool,
+            session_id=session_id,
+            worker_id=handle.worker_id,
+        )
+
+    async def _gone_reason(self, handle: WorkerHandle, wait: float = 2.0) -> Any:
+        """Why the current incarnation went away (waits briefly for the exit to be seen)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(handle.gone), wait)
+        except TimeoutError:
+            return None
+
+    # ------------------------------------------------------------------ streams and batches
+
+    def stream(
+        self,
+        session_id: str,
+        tool: str,
+        kwargs: Mapping[str, object],
+        *,
+        timeout: float | None,
+        affinity: str = "hint",
+        metadata: Mapping[str, str] | None = None,
+        variables: Sequence[pb.Variable] = (),
+    ) -> StreamCall:
+        """Start a streaming call; iterate for lists of decoded chunks, ``.result`` after."""
+        self._check_open()
+        if timeout is None:
+            timeout = self.config.call_timeout
+        request = self.build_request(session_id, tool, kwargs, metadata, variables)
+        return StreamCall(self, session_id, tool, request, timeout=timeout, affinity=affinity)
+
+    async def map(
+        self,
+        session_id: str,
+        tool: str,
+        kwargs_list: Sequence[Mapping[str, object]],
+        *,
+        timeout: float | None,  # noqa: ASYNC109 - the pool's contract
+        chunksize: int | None = None,
+        affinity: str = "none",
+    ) -> list[MapResult]:
+        """Run ``tool`` once per argument mapping, batched; ``(ok, value_or_error)`` in order."""
+        self._check_open()
+        if timeout is None:
+            timeout = self.config.call_timeout
+        return await run_map(
+            self,
+            session_id,
+            tool,
+            kwargs_list,
+            timeout=timeout,
+            chunksize=chunksize,
+            affinity=affinity,
+        )
+
+    # ------------------------------------------------------------------ cell-defined tools
+
+    async def define_tool(
+        self,
+        name: str,
+        source: str,
+        function: str,
+        supports_streaming: bool = False,
+        description: str = "",
+    ) -> pb.ToolSpec:
+        """Define (or replace) a tool from source in every worker, and in later ones.
+
+        All or nothing: if any worker refuses it, the others are rolled back and the error
+        (a RemoteToolError with that worker's traceback) is raised.
+        """
+        self._check_open()
+        return await self.definitions.define(
+            name, source, function, supports_streaming=supports_streaming, description=description
+        )
+
+    async def remove_tool(self, name: str) -> None:
+        """Remove a cell-defined tool from every worker (and from the replay list)."""
+        self._check_open()
+        await self.definitions.remove(name)
+
+    # ------------------------------------------------------------------ supervision hooks
+
+    async def _prepare_worker(self, handle: WorkerHandle) -> None:
+        """A new incarnation is connected: replay cell tools, register its tools, telemetry."""
+        await self.definitions.replay(handle)
+        if handle.tools:
+            self.registry.register_worker_tools(handle.worker_id, list(handle.tools.values()))
+        if not handle.foreign and self._telemetry_callbacks:
+            self._start_telemetry(handle)
+
+    def _worker_gone(self, handle: WorkerHandle) -> None:
+        self.registry.forget_worker(handle.worker_id)
+        task = self._telemetry_tasks.pop(handle.worker_id, None)
+        if task is not None:
+            task.cancel()
+        self.dispatcher.worker_gone(handle)
+
+    async def revive(self, worker_id: str | None = None) -> list[str]:
+        """Restart slots given up as FAILED (all of them, or ``worker_id``), after you fixed
+        the cause; returns the ids revived. Raises StartupError if one still cannot start."""
+        self._check_open()
+        revived = []
+        for handle in self.handles:
+            if handle.state is WorkerState.FAILED and worker_id in (None, handle.worker_id):
+                await self.supervisor.revive(handle)
+                revived.append(handle.worker_id)
+        return revived
+
+    def record_heartbeat(self, worker_id: str) -> None:
+        """Called by the orchestrator's server when a worker sends Heartbeat."""
+        self.supervisor.record_heartbeat(worker_id)
+
+    def forget_session(self, session_id: str) -> None:
+        """The session was closed or expired: drop its affinity binding."""
+        self.dispatcher.forget_session(session_id)
+
+    # ------------------------------------------------------------------ observability
+
+    def status(self) -> PoolStatus:
+        workers = [h.status() for h in self.handles]
+        totals = {
+            "calls": sum(w.calls for w in workers),
+            "errors": sum(w.errors for w in workers),
+            "restarts": sum(w.restarts for w in workers),
+            "in_flight": sum(w.in_flight for w in workers),
+        }
+        return PoolStatus(
+            workers=workers,
+            queue_length=self.dispatcher.queue_length,
+            max_queue=self.config.max_queue,
+            capacity=self.config.capacity,
+            uptime=time.monotonic() - self._started_at if self._started_at else 0.0,
+            closed=self._closed,
+            totals=totals,
+        )
+
+    def subscribe_telemetry(self, callback: TelemetryCallback) -> Callable[[], None]:
+        """Call ``callback(worker_id, event)`` on the loop thread for each worker event.
+
+        Workers stream telemetry only while someone listens. Returns the unsubscribe function.
+        """
+        self._telemetry_callbacks.append(callback)
+        for handle in self.handles:
+            if handle.state is WorkerState.READY and not handle.foreign:
+                self._start_telemetry(handle)
+
+        def unsubscribe() -> None:
+            if callback in self._telemetry_callbacks:
+                self._telemetry_callbacks.remove(callback)
+            if not self._telemetry_callbacks:
+                for task in self._telemetry_tasks.values():
+                    task.cancel()
+                self._telemetry_tasks.clear()
+
+        return unsubscribe
+
+    def _start_telemetry(self, handle: WorkerHandle) -> None:
+        task = self._telemetry_tasks.get(handle.worker_id)
+        if task is not None and not task.done():
+            return
+        self._telemetry_tasks[handle.worker_id] = asyncio.create_task(
+            self._telemetry_reader(handle, handle.incarnation),
+            name=f"snakepit-telemetry-{handle.worker_id}",
+        )
+
+    async def _telemetry_reader(self, handle: WorkerHandle, incarnation: int) -> None:
+        stub = handle.stub
+        if stub is None:
+            return
+
+        async def controls() -> AsyncIterator[pb.TelemetryControl]:
+            yield pb.TelemetryControl(toggle=pb.TelemetryToggle(enabled=True))
+            await asyncio.Event().wait()  # keep the request side open until cancelled
+
+        call = stub.StreamTelemetry(controls(), metadata=self.metadata)
+        try:
+            async for event in call:
+                if handle.incarnation != incarnation:
+                    break
+                for callback in list(self._telemetry_callbacks):
+                    try:
+                        callback(handle.worker_id, event)
+                    except Exception:  # one bad subscriber must not starve the others
+                        log.exception("telemetry subscriber failed")
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE):
+                log.debug("telemetry stream of %s ended: %s", handle.worker_id, exc.code())
+        finally:
+            call.cancel()
+
+
+class _NotSent(Exception):
+    """The call could not be handed to the chosen worker; it never ran."""
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.001, deadline - asyncio.get_running_loop().time())

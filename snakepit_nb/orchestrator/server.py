@@ -1,0 +1,405 @@
+"""The orchestrator's half of ``BridgeService``: what workers (and tools) call back into.
+
+Served on the loop thread by a ``grpc.aio`` server bound to loopback (or a unix socket in a
+private 0700 directory), behind the token interceptor. Handlers are cheap on purpose: the
+published worker calls ``InitializeSession`` on every tool call and ``Heartbeat`` every few
+seconds. Every failure becomes a documented status code (never UNKNOWN).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from snakepit_nb._errors import (
+    InvalidArgumentError,
+    RemoteToolError,
+    SnakepitError,
+)
+from snakepit_nb.orchestrator.variables_rpc import VariableServicerMixin, VariableSizeGuard
+from snakepit_nb.protocol import pb, pb_grpc
+from snakepit_nb.protocol.auth import TokenInterceptor, server_options
+from snakepit_nb.protocol.codec import (
+    decode_params,
+    encode_any,
+    encode_chunk,
+    encode_chunk_batch,
+)
+from snakepit_nb.protocol.decoding import DecodingGuard
+from snakepit_nb.protocol.payloads import error_payload
+from snakepit_nb.protocol.status import abort, abort_with_tool_error, unimplemented_message
+
+if TYPE_CHECKING:
+    from snakepit_nb.orchestrator.orchestrator import Orchestrator
+
+__all__ = ["CORRELATION_HEADER", "BridgeServer", "OrchestratorServicer"]
+
+log = logging.getLogger(__name__)
+
+CORRELATION_HEADER = "x-snakepit-correlation-id"
+CHUNK_BATCHING = "snakepit_nb.chunk_batching"
+RETURN_MARK = "snakepit_nb.return"
+
+R = TypeVar("R")
+Handler = Callable[..., Awaitable[R]]
+
+
+def _now() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _mapped(handler: Handler[R]) -> Handler[R]:
+    """Turn every exception of a unary handler into its documented status code."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: Any) -> R:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, SnakepitError):
+                log.exception("unexpected error in %s", handler.__name__)
+            await abort(context, exc)
+
+    return wrapper
+
+
+class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
+    """Serves sessions, heartbeats, tool registration, kernel tools and variables."""
+
+    orchestrator: Orchestrator
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
+
+    # ------------------------------------------------------------------ health and sessions
+
+    @_mapped
+    async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:
+        return pb.PingResponse(
+            message=f"pong: {request.message}",
+            server_time=_now(),
+            pid=os.getpid(),
+            worker_id="orchestrator",
+        )
+
+    @_mapped
+    async def InitializeSession(
+        self, request: pb.InitializeSessionRequest, context: Any
+    ) -> pb.InitializeSessionResponse:
+        self.orchestrator.sessions.create(request.session_id, metadata=dict(request.metadata))
+        return pb.InitializeSessionResponse(success=True)
+
+    @_mapped
+    async def CleanupSession(
+        self, request: pb.CleanupSessionRequest, context: Any
+    ) -> pb.CleanupSessionResponse:
+        existed = await self.orchestrator.sessions.cleanup(request.session_id)
+        return pb.CleanupSessionResponse(success=True, resources_cleaned=int(existed))
+
+    @_mapped
+    async def GetSession(
+        self, request: pb.GetSessionRequest, context: Any
+    ) -> pb.GetSessionResponse:
+        orch = self.orchestrator
+        record = orch.sessions.get(request.session_id)
+        idle = orch.sessions.idle_seconds(record)
+        response = pb.GetSessionResponse(
+            session_id=record.session_id,
+            created_at=_timestamp(record.created_at),
+            last_accessed_at=_timestamp(time.time() - idle),
+            tool_count=len(orch.registry.specs()),
+            variable_count=orch.variable_count(record.session_id),
+            call_count=record.call_count,
+        )
+        response.metadata.update(record.metadata)
+        return response
+
+    @_mapped
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
+        orch = self.orchestrator
+        if request.worker_id:
+            record = getattr(orch.pool, "record_heartbeat", None)
+            if record is not None:
+                record(request.worker_id)
+        valid = bool(request.session_id) and orch.sessions.touch(request.session_id)
+        return pb.HeartbeatResponse(server_time=_now(), session_valid=valid)
+
+    # ------------------------------------------------------------------ tools
+
+    @_mapped
+    async def RegisterTools(
+        self, request: pb.RegisterToolsRequest, context: Any
+    ) -> pb.RegisterToolsResponse:
+        owner = request.worker_id or _peer_owner(context)
+        specs = self.orchestrator.registry.add_worker_tools(owner, request.tools)
+        response = pb.RegisterToolsResponse(success=True)
+        response.tool_ids.update({spec.name: f"{owner}:{spec.name}" for spec in specs})
+        return response
+
+    @_mapped
+    async def GetExposedElixirTools(
+        self, request: pb.GetExposedElixirToolsRequest, context: Any
+    ) -> pb.GetExposedElixirToolsResponse:
+        return pb.GetExposedElixirToolsResponse(tools=self.orchestrator.registry.kernel_tools())
+
+    @_mapped
+    async def ExecuteElixirTool(
+        self, request: pb.ExecuteElixirToolRequest, context: Any
+    ) -> pb.ExecuteElixirToolResponse:
+        started = time.perf_counter()
+        correlation = await _correlate(context, request.metadata)
+        orch = self.orchestrator
+        if request.session_id:
+            orch.sessions.get(request.session_id)
+        tool = orch.kernel_tools.get(request.tool_name)
+        kwargs = decode_params(request.parameters, {}, request.metadata)
+        arguments = orch.kernel_tools.bind(tool, kwargs)
+        response = pb.ExecuteElixirToolResponse()
+        try:
+            result = await orch.kernel_tools.invoke(tool, arguments)
+        except Exception as exc:
+            response.success = False
+            response.error_message = error_payload(
+                exc, tool_name=request.tool_name, session_id=request.session_id
+            )
+        else:
+            response.success = True
+            response.result.CopyFrom(encode_any(result))
+        response.execution_time_ms = int((time.perf_counter() - started) * 1000)
+        response.metadata["tool_type"] = "kernel"
+        if correlation:
+            response.metadata["correlation_id"] = correlation
+        return response
+
+    @_mapped
+    async def ExecuteTool(
+        self, request: pb.ExecuteToolRequest, context: Any
+    ) -> pb.ExecuteToolResponse:
+        """Kernel tools run here; worker tools are routed through the pool."""
+        started = time.perf_counter()
+        correlation = await _correlate(context, request.metadata)
+        orch = self.orchestrator
+        name, session_id = request.tool_name, request.session_id
+        orch.sessions.get(session_id)
+        kwargs = decode_params(request.parameters, request.binary_parameters, request.metadata)
+        response = pb.ExecuteToolResponse()
+        try:
+            if orch.is_kernel_call(name):
+                tool = orch.kernel_tools.get(name)
+                arguments = orch.kernel_tools.bind(tool, kwargs)
+                try:
+                    result = await orch.kernel_tools.invoke(tool, arguments)
+                except Exception as exc:
+                    raise _ToolRaised(exc) from exc
+            else:
+                remaining = context.time_remaining()
+                result = await orch.pool.call(
+                    session_id, name, kwargs, timeout=remaining, metadata=dict(request.metadata)
+                )
+        except _ToolRaised as raised:
+            response.success = False
+            response.error_message = error_payload(
+                raised.error, tool_name=name, session_id=session_id
+            )
+        except RemoteToolError as err:
+            response.success = False
+            response.error_message = error_payload(
+                err, tool_name=err.tool_name or name, session_id=session_id
+            )
+        else:
+            response.success = True
+            response.result.CopyFrom(encode_any(result))
+        response.execution_time_ms = int((time.perf_counter() - started) * 1000)
+        if correlation:
+            response.metadata["correlation_id"] = correlation
+        return response
+
+    async def ExecuteStreamingTool(
+        self, request: pb.ExecuteToolRequest, context: Any
+    ) -> AsyncIterator[pb.ToolChunk]:
+        """Streams a kernel generator tool, or forwards a worker's stream."""
+        orch = self.orchestrator
+        name, session_id = request.tool_name, request.session_id
+        batching = request.metadata.get(CHUNK_BATCHING) == "1"
+        stream: Any = None
+        try:
+            await _correlate(context, request.metadata)
+            orch.sessions.get(session_id)
+            kwargs = decode_params(request.parameters, request.binary_parameters, request.metadata)
+            if orch.is_kernel_call(name):
+                stream = orch.kernel_tools.stream(name, kwargs)
+            else:
+                stream = orch.pool.stream(
+                    session_id, name, kwargs, timeout=context.time_remaining()
+                )
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+        sent = 0
+        try:
+            async for batch in stream:
+                if batching:
+                    sent += len(batch)
+                    yield pb.ToolChunk(
+                        chunk_id=f"{name}-{sent}",
+                        batch=encode_chunk_batch(list(batch)),
+                        batch_count=len(batch),
+                    )
+                    continue
+                for value in batch:
+                    sent += 1
+                    data, meta = encode_chunk(value)
+                    yield pb.ToolChunk(chunk_id=f"{name}-{sent}", data=data, metadata=meta)
+        except grpc.aio.AbortError:
+            raise
+        except RemoteToolError as err:
+            await abort_with_tool_error(
+                context, err, tool_name=err.tool_name or name, session_id=session_id
+            )
+        except SnakepitError as exc:
+            await abort(context, exc)
+        except Exception as exc:
+            await abort_with_tool_error(context, exc, tool_name=name, session_id=session_id)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        final = pb.ToolChunk(chunk_id=f"{name}-{sent + 1}", is_final=True)
+        result = getattr(stream, "result", None)
+        if result is not None:
+            data, meta = encode_chunk(result)
+            final.data = data
+            final.metadata.update(meta)
+            final.metadata[RETURN_MARK] = "1"
+        yield final
+
+    # ------------------------------------------------------------------ worker-side RPCs
+
+    async def StreamTelemetry(self, request_iterator: Any, context: Any) -> NoReturn:
+        await _unimplemented(context, "StreamTelemetry")
+
+    async def CallChannel(self, request_iterator: Any, context: Any) -> NoReturn:
+        await _unimplemented(context, "CallChannel")
+
+    async def DefineTool(self, request: pb.DefineToolRequest, context: Any) -> NoReturn:
+        await _unimplemented(context, "DefineTool")
+
+    async def DescribeTools(self, request: pb.DescribeToolsRequest, context: Any) -> NoReturn:
+        await _unimplemented(context, "DescribeTools")
+
+
+class _ToolRaised(Exception):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _unimplemented(context: Any, rpc: str) -> NoReturn:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, unimplemented_message(rpc, "workers"))
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+async def _correlate(context: Any, metadata: Mapping[str, str]) -> str:
+    """The call's correlation id (request metadata or header), echoed as a response header."""
+    correlation = metadata.get("correlation_id", "")
+    if not correlation:
+        for key, value in context.invocation_metadata() or ():
+            if key == CORRELATION_HEADER:
+                correlation = value
+                break
+    if correlation:
+        await context.send_initial_metadata(((CORRELATION_HEADER, correlation),))
+    return str(correlation)
+
+
+def _peer_owner(context: Any) -> str:
+    # A published worker registers without naming itself; its peer address is stable per
+    # connection and good enough to group what it registered.
+    try:
+        return f"peer:{context.peer()}"
+    except Exception:
+        return "peer:unknown"
+
+
+class BridgeServer:
+    """The grpc.aio server of the orchestrator (loop thread)."""
+
+    def __init__(
+        self,
+        servicer: OrchestratorServicer,
+        *,
+        token: str | None,
+        max_message_bytes: int,
+        max_receive_bytes: int | None = None,
+        socket_path: str | None = None,
+    ) -> None:
+        self._servicer = servicer
+        self._token = token
+        self._max_message_bytes = max_message_bytes
+        # What workers send here (variable writes, kernel-tool calls) has its own, smaller
+        # limit: gRPC buffers a whole message before any handler runs, so the limit is what
+        # bounds the kernel's memory for an oversize write.
+        self._max_receive_bytes = max_receive_bytes or max_message_bytes
+        self._socket_path = socket_path
+        self._server: grpc.aio.Server | None = None
+        self.address = ""
+
+    def _value_limit(self) -> int:
+        # Variable writes above this are refused from their raw size (variables_rpc).
+        return self._servicer.orchestrator.variables.limits.max_value_bytes
+
+    async def start(self) -> str:
+        """Bind (127.0.0.1 on a free port, or the unix socket) and serve; returns the address."""
+        server = grpc.aio.server(
+            interceptors=[
+                TokenInterceptor(self._token),
+                DecodingGuard(),
+                VariableSizeGuard(self._value_limit),
+            ],
+            options=[
+                *(
+                    option
+                    for option in server_options(self._max_message_bytes)
+                    if option[0] != "grpc.max_receive_message_length"
+                ),
+                ("grpc.max_receive_message_length", self._max_receive_bytes),
+            ],
+        )
+        pb_grpc.add_BridgeServiceServicer_to_server(self._servicer, server)
+        if self._socket_path is not None:
+            target = f"unix:{self._socket_path}"
+            if server.add_insecure_port(target) == 0:
+                raise InvalidArgumentError(f"could not bind the orchestrator to {target}")
+            address = target
+        else:
+            port = server.add_insecure_port("127.0.0.1:0")
+            address = f"127.0.0.1:{port}"
+        await server.start()
+        if self._socket_path is not None:
+            os.chmod(self._socket_path, 0o600)
+        self._server = server
+        self.address = address
+        return address
+
+    async def stop(self, grace: float = 1.0) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)

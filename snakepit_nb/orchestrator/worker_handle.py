@@ -1,0 +1,197 @@
+"""One worker slot of the pool: its process, its gRPC connection, its call channel, its counters.
+
+A slot keeps its id (``w1``, ``w2``...) across restarts; each process that fills it is an
+*incarnation*. Sessions with strict affinity are bound to an incarnation, so they notice when
+the process holding their objects was replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+import grpc.aio
+
+from snakepit_nb.orchestrator.channel import CallChannel
+from snakepit_nb.protocol import pb, pb_grpc
+
+if TYPE_CHECKING:
+    from snakepit_nb.orchestrator.launcher import LaunchedWorker
+
+__all__ = ["WorkerHandle", "WorkerState", "WorkerStatus", "describe_exit"]
+
+log = logging.getLogger("snakepit_nb.pool")
+
+
+class WorkerState(enum.StrEnum):
+    """Where a slot is in its life. Only READY slots take new calls."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"  # being recycled: finishes its calls, takes no new ones
+    RESTARTING = "restarting"
+    FAILED = "failed"  # crash-looping; given up (restart intensity exceeded)
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A snapshot of one worker slot, as ``client.status()`` shows it."""
+
+    worker_id: str
+    pid: int | None
+    state: str
+    in_flight: int
+    calls: int
+    errors: int
+    restarts: int
+    rss: int | None
+    uptime: float
+    address: str
+    foreign: bool = False
+    last_error: str = ""
+
+
+def describe_exit(code: int | None) -> str:
+    """'SIGKILL' for -9, 'exit code 3' for 3, 'an unknown status' for None."""
+    if code is None:
+        return "an unknown status"
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class WorkerHandle:
+    """The pool's view of one worker slot (all methods run on the loop thread)."""
+
+    def __init__(self, worker_id: str, *, capacity: int) -> None:
+        self.worker_id = worker_id
+        self.capacity = capacity
+        self.state = WorkerState.STARTING
+        self.incarnation = 0
+        self.launched: LaunchedWorker | None = None
+        self.grpc_channel: grpc.aio.Channel | None = None
+        self.stub: pb_grpc.BridgeServiceStub | None = None
+        self.call_channel: CallChannel | None = None
+        self.foreign = False
+        self.pid: int | None = None
+        self.address = ""
+        self.in_flight = 0
+        self.calls = 0
+        self.errors = 0
+        self.restarts = 0
+        self.restart_times: collections.deque[float] = collections.deque()
+        self.ready_at = 0.0
+        self.last_alive = 0.0
+        self.last_heartbeat = 0.0
+        self.last_error = ""
+        self.tools: dict[str, pb.ToolSpec] = {}
+        # In-flight operations that are not channel calls (streams, foreign unary calls):
+        # each registers a callback that fails it when the worker goes away.
+        self.ops: dict[int, Callable[[BaseException], None]] = {}
+        self._next_op = 0
+        # Resolved with the WorkerCrashedError (or similar) once the incarnation is gone.
+        self.gone: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self.exit_reason = ""  # set by the supervisor when it kills the worker on purpose
+        self.recycle_requested = ""
+        # Set by the supervisor while recycling: fired when the last call finishes.
+        self.drained: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def accepting(self) -> bool:
+        return self.state is WorkerState.READY
+
+    @property
+    def has_capacity(self) -> bool:
+        channel = self.call_channel
+        return (
+            self.state is WorkerState.READY
+            and self.in_flight < self.capacity
+            and (channel is None or not channel.broken)
+        )
+
+    def new_incarnation(self) -> None:
+        self.incarnation += 1
+        self.gone = asyncio.get_running_loop().create_future()
+        self.exit_reason = ""
+        self.recycle_requested = ""
+        self.ops.clear()
+        self.tools = {}
+        self.pid = None
+        self.address = ""
+        self.foreign = False
+
+    def add_op(self, on_gone: Callable[[BaseException], None]) -> int:
+        self._next_op += 1
+        self.ops[self._next_op] = on_gone
+        return self._next_op
+
+    def remove_op(self, op_id: int) -> None:
+        self.ops.pop(op_id, None)
+
+    def fail_in_flight(self, exc: BaseException) -> None:
+        """Fail every call still running on this incarnation with ``exc``."""
+        if self.call_channel is not None:
+            self.call_channel.fail_all(exc)
+        ops, self.ops = self.ops, {}
+        for on_gone in ops.values():
+            try:
+                on_gone(exc)
+            except Exception:
+                log.exception("failing an operation on %s raised", self.worker_id)
+        if not self.gone.done():
+            self.gone.set_result(exc)
+
+    def status(self) -> WorkerStatus:
+        rss: int | None = None
+        if self.launched is not None and self.state in (WorkerState.READY, WorkerState.DRAINING):
+            try:
+                rss = self.launched.rss()
+            except Exception:
+                rss = None
+        uptime = time.monotonic() - self.ready_at if self.ready_at and self.pid else 0.0
+        return WorkerStatus(
+            worker_id=self.worker_id,
+            pid=self.pid,
+            state=self.state.value,
+            in_flight=self.in_flight,
+            calls=self.calls,
+            errors=self.errors,
+            restarts=self.restarts,
+            rss=rss,
+            uptime=uptime,
+            address=self.address,
+            foreign=self.foreign,
+            last_error=self.last_error,
+        )
+
+    # ------------------------------------------------------------------ connection
+
+    async def close_connection(self) -> None:
+        if self.call_channel is not None:
+            await self.call_channel.close()
+            self.call_channel = None
+        if self.grpc_channel is not None:
+            await self.grpc_channel.close(grace=None)
+            self.grpc_channel = None
+        self.stub = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<WorkerHandle {self.worker_id} #{self.incarnation} {self.state.value} "
+            f"pid={self.pid} in_flight={self.in_flight}>"
+        )

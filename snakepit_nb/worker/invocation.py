@@ -1,0 +1,450 @@
+"""Running tool calls: decode and bind arguments, run the tool where it belongs, encode the answer.
+
+Sync tools run in a bounded thread pool (the event loop keeps serving heartbeats, cancels and
+other calls); async tools run on the loop. A tool's own exception becomes a ``success=false``
+answer with the error payload (type, message, traceback) and the worker carries on;
+problems with the call itself (unknown tool, bad arguments, an unencodable or oversize result)
+raise a :class:`SnakepitError` that the transport turns into a gRPC status.
+
+A batch (``session.map``) of a sync tool runs in ONE executor hop for all its items, and its
+results are encoded once, so a trivial tool costs a few microseconds per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.protobuf.any_pb2 import Any as PbAny
+
+from snakepit_nb._errors import InvalidArgumentError, ResourceExhaustedError
+from snakepit_nb.protocol import pb
+from snakepit_nb.protocol.codec import (
+    decode_json,
+    decode_params,
+    encode_any_with_binary,
+    encode_json,
+    error_info,
+    error_payload,
+)
+from snakepit_nb.worker.adapter import ToolTable
+from snakepit_nb.worker.context import SessionContext
+from snakepit_nb.worker.definition import StreamKind, ToolDefinition
+from snakepit_nb.worker.link import OrchestratorLink
+from snakepit_nb.worker.runner import SyncRunner
+from snakepit_nb.worker.telemetry import TelemetryHub
+
+__all__ = ["Invoker", "PreparedCall"]
+
+CORRELATION_KEY = "correlation_id"
+CORRELATION_HEADER = "x-snakepit-correlation-id"
+# Async tools of one batch run concurrently in groups of this size (I/O-bound tools overlap).
+_ASYNC_BATCH_CONCURRENCY = 256
+
+
+class UnsendableResultError(InvalidArgumentError):
+    """A tool's result cannot be encoded: an error of the call (INVALID_ARGUMENT), not the tool."""
+
+
+class PreparedCall:
+    """A call whose tool is found and whose arguments are bound: ready to run."""
+
+    __slots__ = ("correlation_id", "ctx", "definition", "kwargs", "session_id")
+
+    def __init__(
+        self,
+        definition: ToolDefinition,
+        kwargs: dict[str, object],
+        ctx: SessionContext | None,
+        session_id: str,
+        correlation_id: str,
+    ) -> None:
+        self.definition = definition
+        self.kwargs = kwargs
+        self.ctx = ctx
+        self.session_id = session_id
+        self.correlation_id = correlation_id
+
+    def cancel(self) -> None:
+        """Tell the tool (through ``ctx.cancelled``) that its caller gave up."""
+        if self.ctx is not None:
+            self.ctx._cancel()
+
+
+class Invoker:
+    """Runs calls against a worker's ToolTable."""
+
+    def __init__(
+        self,
+        table: ToolTable,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        worker_id: str,
+        telemetry: TelemetryHub,
+        link: OrchestratorLink | None,
+        max_message_bytes: int,
+        threads: int = 16,
+    ) -> None:
+        self.table = table
+        self.runner = SyncRunner(loop, executor, threads)
+        self.loop = loop
+        self.executor = executor
+        self.worker_id = worker_id
+        self.telemetry = telemetry
+        self.link = link
+        self.max_message_bytes = max_message_bytes
+
+    # ------------------------------------------------------------------ preparing
+
+    def make_context(
+        self,
+        definition: ToolDefinition,
+        session_id: str,
+        correlation_id: str,
+        metadata: Mapping[str, str],
+        variables: Sequence[pb.Variable] = (),
+    ) -> SessionContext:
+        return SessionContext(
+            session_id=session_id,
+            worker_id=self.worker_id,
+            tool_name=definition.name,
+            correlation_id=correlation_id,
+            metadata=metadata,
+            loop=self.loop,
+            link=self.link,
+            telemetry=self.telemetry,
+            prefetched=variables,
+        )
+
+    def prepare(self, request: pb.ExecuteToolRequest, correlation_id: str = "") -> PreparedCall:
+        """Find the tool and bind the request's arguments (raises NOT_FOUND / INVALID_ARGUMENT)."""
+        definition = self.table.get(request.tool_name)
+        metadata = request.metadata
+        try:
+            arguments = decode_params(request.parameters, request.binary_parameters, metadata)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"tool {definition.name!r}: {exc}") from exc
+        kwargs = definition.bind(arguments)
+        correlation_id = metadata.get(CORRELATION_KEY, "") or correlation_id
+        ctx: SessionContext | None = None
+        if definition.ctx_param is not None or definition.stream is not StreamKind.NONE:
+            ctx = self.make_context(
+                definition, request.session_id, correlation_id, metadata, request.variables
+            )
+            if definition.ctx_param is not None:
+                kwargs[definition.ctx_param] = ctx
+        return PreparedCall(definition, kwargs, ctx, request.session_id, correlation_id)
+
+    # ------------------------------------------------------------------ unary calls
+
+    async def run(self, call: PreparedCall) -> pb.ExecuteToolResponse:
+        """Run a prepared call to completion; tool exceptions become ``success=false``."""
+        definition = call.definition
+        started = time.perf_counter_ns()
+        telemetry = self.telemetry
+        if telemetry.active:
+            telemetry.tool_event(
+                "start",
+                tool=definition.name,
+                session_id=call.session_id,
+                correlation_id=call.correlation_id,
+            )
+        ok: bool
+        value: Any
+        try:
+            if definition.stream is not StreamKind.NONE:
+                ok, value = await self._collect_stream(call)
+                if ok:
+                    ok, value = await self._encode_off_loop(value)
+            elif definition.is_async:
+                try:
+                    result = await definition.func(**call.kwargs)
+                except Exception as exc:  # the tool's own error: reported, worker carries on
+                    trim_traceback(exc)
+                    ok, value = False, exc
+                else:
+                    ok, value = True, self._encode(definition, result)
+            else:
+                ok, value = await self.runner.submit(
+                    functools.partial(self._run_sync, definition, call.kwargs)
+                )
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        duration = time.perf_counter_ns() - started
+        if ok:
+            any_value, binary = value
+            response = pb.ExecuteToolResponse(
+                success=True, result=any_value, execution_time_ms=duration // 1_000_000
+            )
+            if binary:
+                response.binary_result = binary
+            if len(binary) + any_value.ByteSize() > self.max_message_bytes:
+                raise self._too_large(definition, len(binary) + any_value.ByteSize())
+            phase = "stop"
+        else:
+            if isinstance(value, UnsendableResultError):
+                raise value
+            response = pb.ExecuteToolResponse(
+                success=False,
+                error_message=error_payload(
+                    value, tool_name=definition.name, session_id=call.session_id
+                ),
+                execution_time_ms=duration // 1_000_000,
+            )
+            phase = "exception"
+        if call.correlation_id:
+            response.metadata[CORRELATION_KEY] = call.correlation_id
+        if telemetry.active:
+            extra = None if ok else {"error_type": type(value).__name__}
+            telemetry.tool_event(
+                phase,
+                tool=definition.name,
+                session_id=call.session_id,
+                correlation_id=call.correlation_id,
+                duration_ns=duration,
+                extra=extra,
+            )
+        return response
+
+    def _run_sync(self, definition: ToolDefinition, kwargs: dict[str, object]) -> tuple[bool, Any]:
+        # Runs in an executor thread: the call and the encoding, in one hop.
+        try:
+            result = definition.func(**kwargs)
+        except BaseException as exc:
+            trim_traceback(exc)
+            return False, exc
+        try:
+            return True, self._encode(definition, result)
+        except UnsendableResultError as exc:
+            return False, exc
+
+    def _encode(self, definition: ToolDefinition, value: object) -> tuple[PbAny, bytes]:
+        try:
+            return encode_any_with_binary(value)
+        except InvalidArgumentError as exc:
+            raise UnsendableResultError(
+                f"tool {definition.name!r} returned a value that cannot be sent: {exc}"
+            ) from exc
+
+    async def _encode_off_loop(self, value: object) -> tuple[bool, Any]:
+        def job() -> tuple[bool, Any]:
+            try:
+                return True, encode_any_with_binary(value)
+            except InvalidArgumentError as exc:
+                return False, UnsendableResultError(
+                    f"a streaming tool's chunks cannot be sent: {exc}"
+                )
+
+        return await self.loop.run_in_executor(self.executor, job)
+
+    def _too_large(self, definition: ToolDefinition, size: int) -> ResourceExhaustedError:
+        return ResourceExhaustedError(
+            f"tool {definition.name!r} returned {size} bytes, over the "
+            f"{self.max_message_bytes} byte message limit; return less data, or write it to a "
+            "file or shared memory and return its name"
+        )
+
+    async def _collect_stream(self, call: PreparedCall) -> tuple[bool, object]:
+        """A streaming tool called as a unary call: its chunks as one list."""
+        definition = call.definition
+        if definition.stream is StreamKind.SYNC:
+
+            def job() -> tuple[bool, object]:
+                try:
+                    return True, list(definition.func(**call.kwargs))
+                except BaseException as exc:
+                    trim_traceback(exc)
+                    return False, exc
+
+            return await self.loop.run_in_executor(self.executor, job)
+        items: list[object] = []
+        try:
+            produced = definition.func(**call.kwargs)
+            if asyncio.iscoroutine(produced):
+                produced = await produced
+            if hasattr(produced, "__aiter__"):
+                try:
+                    async for item in produced:
+                        items.append(item)
+                finally:
+                    aclose = getattr(produced, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+            else:
+                items.extend(produced)
+        except Exception as exc:  # the tool's own error
+            trim_traceback(exc)
+            return False, exc
+        return True, items
+
+    # ------------------------------------------------------------------ batches
+
+    async def run_batch(
+        self, batch: pb.BatchCall, *, cancel: SessionContext | None = None
+    ) -> bytes:
+        """Run one tool over many argument sets; the codec JSON array of per-item results."""
+        definition = self.table.get(batch.tool_name)
+        try:
+            items = decode_json(batch.arguments)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"batch for tool {definition.name!r}: {exc}") from exc
+        if not isinstance(items, list):
+            raise InvalidArgumentError(
+                f"batch for tool {definition.name!r}: arguments must be a JSON array of "
+                f"argument objects, got {type(items).__name__}"
+            )
+        correlation_id = batch.metadata.get(CORRELATION_KEY, "")
+        ctx = self.make_context(definition, batch.session_id, correlation_id, batch.metadata)
+        started = time.perf_counter_ns()
+        if self.telemetry.active:
+            self.telemetry.tool_event(
+                "start",
+                tool=definition.name,
+                session_id=batch.session_id,
+                correlation_id=correlation_id,
+                count=len(items),
+            )
+        try:
+            if definition.is_async:
+                results = await self._run_async_items(definition, items, ctx)
+                data = await self.loop.run_in_executor(
+                    self.executor, self._encode_results, definition, results, batch.session_id
+                )
+            else:
+                data = await self.loop.run_in_executor(
+                    self.executor, self._run_sync_batch, definition, items, ctx, batch.session_id
+                )
+        except asyncio.CancelledError:
+            ctx._cancel()
+            raise
+        if len(data) > self.max_message_bytes:
+            raise self._too_large(definition, len(data))
+        if self.telemetry.active:
+            self.telemetry.tool_event(
+                "stop",
+                tool=definition.name,
+                session_id=batch.session_id,
+                correlation_id=correlation_id,
+                duration_ns=time.perf_counter_ns() - started,
+                count=len(items),
+            )
+        return data
+
+    def _bind_item(
+        self, definition: ToolDefinition, item: object, ctx: SessionContext
+    ) -> dict[str, object]:
+        if not isinstance(item, dict):
+            raise InvalidArgumentError(
+                f"tool {definition.name!r}: each batch item must be an object of arguments, "
+                f"got {type(item).__name__}"
+            )
+        kwargs = definition.bind(item)
+        if definition.ctx_param is not None:
+            kwargs[definition.ctx_param] = ctx
+        return kwargs
+
+    def _run_sync_batch(
+        self,
+        definition: ToolDefinition,
+        items: list[object],
+        ctx: SessionContext,
+        session_id: str,
+    ) -> bytes:
+        # One executor hop for the whole batch: bind, call and collect every item, then encode.
+        func = definition.func
+        collect = definition.stream is StreamKind.SYNC
+        results: list[list[object]] = []
+        append = results.append
+        for item in items:
+            if ctx._cancelled.is_set():
+                break
+            try:
+                kwargs = self._bind_item(definition, item, ctx)
+            except InvalidArgumentError as exc:
+                append([False, _argument_error_info(exc, definition.name, session_id)])
+                continue
+            try:
+                value = func(**kwargs)
+                if collect:
+                    value = list(value)
+            except BaseException as exc:
+                trim_traceback(exc)
+                append([False, error_info(exc, tool_name=definition.name, session_id=session_id)])
+                continue
+            append([True, value])
+        return self._encode_results(definition, results, session_id)
+
+    async def _run_async_items(
+        self, definition: ToolDefinition, items: list[object], ctx: SessionContext
+    ) -> list[list[object]]:
+        session_id = ctx.session_id
+
+        async def one(item: object) -> list[object]:
+            try:
+                kwargs = self._bind_item(definition, item, ctx)
+            except InvalidArgumentError as exc:
+                return [False, _argument_error_info(exc, definition.name, session_id)]
+            try:
+                produced = definition.func(**kwargs)
+                if definition.stream is StreamKind.NONE:
+                    return [True, await produced]
+                if asyncio.iscoroutine(produced):
+                    produced = await produced
+                return [True, [x async for x in produced]]
+            except Exception as exc:  # per-item tool error
+                trim_traceback(exc)
+                return [False, error_info(exc, tool_name=definition.name, session_id=session_id)]
+
+        results: list[list[object]] = []
+        for start in range(0, len(items), _ASYNC_BATCH_CONCURRENCY):
+            group = items[start : start + _ASYNC_BATCH_CONCURRENCY]
+            if len(group) == 1:
+                results.append(await one(group[0]))
+            else:
+                results.extend(await asyncio.gather(*(one(item) for item in group)))
+        return results
+
+    def _encode_results(
+        self, definition: ToolDefinition, results: list[list[object]], session_id: str
+    ) -> bytes:
+        try:
+            return encode_json(results)
+        except InvalidArgumentError:
+            pass
+        # Some item's value cannot be sent: find it and report it for that item alone.
+        for entry in results:
+            if not entry[0]:
+                continue
+            try:
+                encode_json(entry[1])
+            except InvalidArgumentError as exc:
+                err = InvalidArgumentError(
+                    f"tool {definition.name!r} returned a value that cannot be sent: {exc}"
+                )
+                entry[0], entry[1] = False, _argument_error_info(err, definition.name, session_id)
+        return encode_json(results)
+
+
+def trim_traceback(exc: BaseException) -> None:
+    """Drop the worker's own dispatch frame, so the traceback starts in the tool's code."""
+    tb = exc.__traceback__
+    if (
+        tb is not None
+        and tb.tb_next is not None
+        and tb.tb_frame.f_globals.get("__name__", "").startswith("snakepit_nb.worker.")
+    ):
+        exc.__traceback__ = tb.tb_next
+
+
+def _argument_error_info(exc: BaseException, tool_name: str, session_id: str) -> dict[str, Any]:
+    info = error_info(exc, tool_name=tool_name, session_id=session_id)
+    # The traceback of the binding code says nothing to the user; the message says it all.
+    info["traceback"] = ""
+    info["context"]["code"] = "INVALID_ARGUMENT"
+    return info

@@ -1,0 +1,165 @@
+"""JupyterLab in Debian's headless Chromium (Playwright's Python package) runs the quickstart.
+
+It checks what a person sees: the stream view's final text equals the kernel's value, the
+variable watch row changed when a worker wrote the variable, no "IOPub message rate exceeded"
+anywhere, and it keeps a screenshot (the folder is printed; env SNAKEPIT_NB_ARTIFACTS moves it).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).parents[2]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def artifacts_dir() -> Path:
+    path = Path(os.environ.get("SNAKEPIT_NB_ARTIFACTS", ROOT / "artifacts")) / "browser"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A JupyterLab server on 127.0.0.1, a random port, a fresh workspace; always stopped."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", root / "quickstart.ipynb")
+    runtime = tmp_path / "runtime"
+    token = secrets.token_hex(16)
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}
+    log = (tmp_path / "lab.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyterlab", "--no-browser", "--port=0",
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.token={token}",
+            f"--ServerApp.root_dir={root}", f"--LabApp.workspaces_dir={tmp_path / 'ws'}",
+            "--LabApp.expose_app_in_browser=True", "--allow-root",
+        ],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        info = None
+        deadline = time.monotonic() + 90
+        while info is None:
+            assert proc.poll() is None, (tmp_path / "lab.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "JupyterLab did not start in 90 s"
+            for name in glob.glob(str(runtime / "jpserver-*.json")):
+                data = json.loads(Path(name).read_text() or "{}")
+                if data.get("pid") == proc.pid and data.get("port"):
+                    info = data
+            time.sleep(0.2)
+        yield {
+            "url": f"http://127.0.0.1:{info['port']}",
+            "token": token,
+            "log": tmp_path / "lab.log",
+        }
+    finally:
+        # Stop the server and every kernel it started (they are in its session).
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.close()
+
+
+def test_quickstart_runs_in_jupyterlab(lab: dict[str, Any]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed: apt-get install chromium"
+    shots = artifacts_dir()
+    print(f"\nbrowser artifacts: {shots}")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 2400})
+            page.goto(f"{lab['url']}/lab/tree/quickstart.ipynb?token={lab['token']}&reset")
+            page.wait_for_function(
+                "() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=90_000
+            )
+            # Wait for the kernel to be ready, then run every cell.
+            page.wait_for_function(
+                """() => {
+                    const w = window.jupyterapp.shell.currentWidget;
+                    const k = w && w.sessionContext && w.sessionContext.session
+                        && w.sessionContext.session.kernel;
+                    return k && k.status === 'idle';
+                }""",
+                timeout=90_000,
+            )
+            # JupyterLab asks about news in a toast on first start: answer it, out of the way.
+            page.evaluate(
+                "window.jupyterapp.commands.execute('apputils:dismiss-notification', {})"
+                ".catch(() => {})"
+            )
+            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            n_code = page.evaluate("document.querySelectorAll('.jp-Notebook .jp-CodeCell').length")
+            # Every code cell got an execution count and the kernel is idle again.
+            page.wait_for_function(
+                """(n) => {
+                    const prompts = [...document.querySelectorAll(
+                        '.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')];
+                    const done = prompts.filter(p => /\\[\\d+\\]/.test(p.textContent));
+                    const w = window.jupyterapp.shell.currentWidget;
+                    const k = w.sessionContext.session.kernel;
+                    return done.length === n && k.status === 'idle';
+                }""",
+                arg=n_code,
+                timeout=180_000,
+            )
+            stream_text = page.inner_text(".snakepit-stream-result pre.snakepit-stream-value")
+            value_output = page.evaluate(
+                """() => {
+                    const cells = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')];
+                    const cell = cells.find(c => c.querySelector('.jp-InputArea-editor')
+                        .textContent.startsWith('h.value'));
+                    return cell.querySelector('.jp-OutputArea-output').innerText;
+                }"""
+            )
+            counter = page.inner_text('.snakepit-watch-table [data-var="counter"]')
+            temperature = page.inner_text('.snakepit-watch-table [data-var="temperature"]')
+            body = page.inner_text("body")
+            no_news = page.locator(".jp-toast-button", has_text="No")
+            if no_news.count():
+                no_news.first.click()
+            page.locator(".snakepit-stream").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "quickstart.png"), full_page=True)
+            page.locator(".snakepit-watch").first.screenshot(path=str(shots / "watch.png"))
+            page.locator(".snakepit-stream").first.screenshot(path=str(shots / "stream.png"))
+            page.locator(".snakepit-pool").first.screenshot(path=str(shots / "pool.png"))
+        finally:
+            browser.close()
+    assert re.match(rf"^\({re.escape(stream_text.strip())}, 200,", value_output.strip())
+    assert stream_text.strip() == "200"
+    # The watch was displayed with counter = 0; a worker's incr_var made it 5 in the page.
+    assert counter.strip() == "5"
+    assert temperature.strip() == "1.25"
+    assert "IOPub message rate exceeded" not in body
+    assert "IOPub message rate exceeded" not in lab["log"].read_text()

@@ -1,0 +1,54 @@
+"""Shared fixtures. Factories always clean up what they start: a test never leaks a worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def run_on_loop() -> Callable[[Coroutine[Any, Any, T]], T]:
+    """Run a coroutine on snakepit_nb's loop thread and wait (grpc.aio objects live there)."""
+    from snakepit_nb._loop import get_loop_thread
+
+    loop_thread = get_loop_thread()
+
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        return loop_thread.run(coro, timeout=60)
+
+    return run
+
+
+@pytest.fixture
+def client_factory() -> Iterator[Callable[..., Any]]:
+    """``client_factory(**start_kwargs)`` -> a started ``Client``; every one is closed after."""
+    import snakepit_nb as sp
+
+    clients: list[Any] = []
+
+    def make(**kwargs: Any) -> Any:
+        kwargs.setdefault("workers", 1)
+        kwargs.setdefault("startup_timeout", 60.0)
+        client = sp.start(**kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    errors: list[BaseException] = []
+    for client in reversed(clients):
+        try:
+            client.close()
+        except BaseException as exc:  # close every client even if one fails
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def showcase_client(client_factory: Callable[..., Any]) -> Any:
+    """One showcase worker (``snakepit_nb.adapters.showcase:ShowcaseAdapter``)."""
+    return client_factory(workers=1)

@@ -1,0 +1,236 @@
+"""A real "Python (snakepit)" kernel driven through jupyter_client: interrupt, restart,
+SIGKILL, and the widget message rate of a 10,000-chunk stream."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+import kernel_ext
+
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def kernel_specs(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
+    prefix = tmp_path_factory.mktemp("kernels")
+    dest = kernel_ext.install(prefix=str(prefix))
+    spec = json.loads((Path(dest) / "kernel.json").read_text())
+    assert spec["display_name"] == "Python (snakepit)"
+    assert spec["argv"][-2:] == ["--ext", "snakepit_nb"]
+    return KernelSpecManager(kernel_dirs=[str(Path(dest).parent)])
+
+
+class Kernel:
+    def __init__(self, specs: KernelSpecManager) -> None:
+        self.km = KernelManager(kernel_name=kernel_ext.KERNEL_NAME, kernel_spec_manager=specs)
+        self.km.start_kernel()
+        self.connect()
+
+    def connect(self) -> None:
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    @property
+    def pid(self) -> int:
+        return int(self.km.provisioner.process.pid)  # type: ignore[union-attr]
+
+    def execute(
+        self, code: str, timeout: float = 60
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Run ``code``; returns the reply content and every IOPub message until idle."""
+        msg_id = self.kc.execute(code)
+        return self.collect(msg_id, timeout)
+
+    def collect(
+        self, msg_id: str, timeout: float, on_message: Any = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        deadline = time.monotonic() + timeout
+        messages: list[dict[str, Any]] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no idle status within {timeout} s; got {messages[-5:]}"
+            msg = self.kc.get_iopub_msg(timeout=remaining)
+            msg["received"] = time.monotonic()
+            messages.append(msg)
+            if on_message is not None:
+                on_message(msg)
+            if (
+                msg["msg_type"] == "status"
+                and msg["content"]["execution_state"] == "idle"
+                and msg["parent_header"].get("msg_id") == msg_id
+            ):
+                break
+        # Skip stale replies (wait_for_ready may leave a second kernel_info_reply queued).
+        while True:
+            reply = self.kc.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"], messages
+
+    def stdout(self, messages: list[dict[str, Any]]) -> str:
+        return "".join(
+            m["content"]["text"]
+            for m in messages
+            if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+        )
+
+    def value(self, expr: str) -> Any:
+        reply, messages = self.execute(f"import json as _j; print(_j.dumps({expr}))")
+        assert reply["status"] == "ok", reply
+        return json.loads(self.stdout(messages).strip().splitlines()[-1])
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        if self.km.has_kernel:
+            self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def kernel(kernel_specs: KernelSpecManager) -> Iterator[Kernel]:
+    k = Kernel(kernel_specs)
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _gone_within(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return not any(_alive(p) for p in pids)
+
+
+PIDS = "[w.pid for w in get_ipython().run_line_magic('snakepit', 'status --once').workers]"
+
+
+def test_interrupt_cancels_a_10s_call_and_the_workers_survive(kernel: Kernel):
+    reply, _ = kernel.execute("%snakepit start -n 1")
+    assert reply["status"] == "ok", reply
+    pids = kernel.value(PIDS)
+    code = (
+        "import threading, time\n"
+        "from snakepit_nb.notebook.extension import runtime_for\n"
+        "_client = runtime_for(get_ipython()).client\n"
+        "def _announce():\n"
+        "    while not any(w.in_flight for w in _client.status().workers):\n"
+        "        time.sleep(0.01)\n"
+        "    print('IN_FLIGHT', flush=True)\n"
+        "threading.Thread(target=_announce, daemon=True).start()\n"
+        "%snakepit call slow seconds=10\n"
+    )
+    msg_id = kernel.kc.execute(code)
+    interrupted_at: list[float] = []
+
+    def interrupt_when_in_flight(msg: dict[str, Any]) -> None:
+        if (
+            not interrupted_at
+            and msg["msg_type"] == "stream"
+            and "IN_FLIGHT" in msg["content"]["text"]
+        ):
+            interrupted_at.append(time.monotonic())
+            kernel.km.interrupt_kernel()
+
+    reply, messages = kernel.collect(msg_id, 30, interrupt_when_in_flight)
+    assert interrupted_at, "the call never went in flight"
+    assert reply["status"] == "error", [
+        (m["msg_type"], m["content"]) for m in messages if m["msg_type"] != "status"
+    ]
+    assert reply["ename"] == "KeyboardInterrupt"
+    assert time.monotonic() - interrupted_at[0] < 5  # not the 10 s of the call
+    # The remote call was cancelled (nothing in flight), the same worker serves the next call.
+    assert kernel.value("[w.in_flight for w in _client.status().workers]") == [0]
+    assert kernel.value("get_ipython().run_line_magic('snakepit', 'call add a=1 b=2')") == 3
+    assert kernel.value(PIDS) == pids
+    assert all(_alive(p) for p in pids)
+
+
+def test_restart_and_sigkill_of_the_kernel_leave_no_worker(kernel: Kernel):
+    reply, _ = kernel.execute("%snakepit start -n 2")
+    assert reply["status"] == "ok", reply
+    pids = kernel.value(PIDS)
+    assert len(pids) == 2
+    kernel.km.restart_kernel(now=False)
+    assert _gone_within(pids, 2.0), f"workers {pids} outlived a kernel restart"
+
+    kernel.kc.stop_channels()
+    kernel.connect()
+    reply, _ = kernel.execute("%snakepit start -n 2")  # loaded by the kernelspec again
+    assert reply["status"] == "ok", reply
+    pids = kernel.value(PIDS)
+    os.kill(kernel.pid, signal.SIGKILL)
+    assert _gone_within(pids, 2.0), f"workers {pids} outlived SIGKILL of their kernel"
+
+
+def _max_per_second(times: list[float]) -> int:
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] < t - 1.0:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def _sent_at(msg: dict[str, Any]) -> float:
+    date = msg["header"]["date"]
+    if isinstance(date, str):
+        date = dt.datetime.fromisoformat(date)
+    return float(date.timestamp())
+
+
+def test_a_10k_chunk_stream_stays_under_50_comm_messages_per_second(kernel: Kernel):
+    reply, _ = kernel.execute("%snakepit start -n 1")
+    assert reply["status"] == "ok", reply
+    # 10,000 chunks over about 3 s: a sustained 3,000+ chunks/s, not a burst.
+    reply, _ = kernel.execute(
+        "%%snakepit_tool ticks --stream\n"
+        "import time\n"
+        "def ticks(n: int = 10000, pause: float = 0.03):\n"
+        "    for i in range(n):\n"
+        "        if i % 100 == 0:\n"
+        "            time.sleep(pause)\n"
+        "        yield {'i': i, 'progress': (i + 1) / n}\n"
+        "    return n\n"
+    )
+    assert reply["status"] == "ok", reply
+    started = time.monotonic()
+    reply, messages = kernel.execute("h = %snakepit stream ticks n=10000", 120)
+    elapsed = time.monotonic() - started
+    assert reply["status"] == "ok", reply
+    comm_msgs = [m for m in messages if m["msg_type"] == "comm_msg"]
+    per_second = _max_per_second([_sent_at(m) for m in comm_msgs])
+    print(f"10k-chunk stream: {elapsed:.1f} s, {len(comm_msgs)} comm_msg, peak {per_second}/s")
+    assert per_second <= 50
+    assert len(comm_msgs) >= 3  # it did render live
+    assert kernel.value("[len(h.chunks), h.value, h.chunks[-1]['i']]") == [10000, 10000, 9999]
+    # The last state the browser got for the result widget shows the full value.
+    results = [
+        m["content"]["data"]["state"]["value"]
+        for m in comm_msgs
+        if "snakepit-stream-value" in str(m["content"]["data"].get("state", {}).get("value", ""))
+    ]
+    assert results
+    assert ">10000</pre>" in results[-1]
+    assert not any("IOPub message rate exceeded" in m["content"].get("text", "") for m in messages)

@@ -1,0 +1,75 @@
+"""Every notebook in notebooks/ runs top to bottom under nbclient, and its saved widget state
+shows what a person saw: finished streams with their final values, live tables up to date."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
+NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").glob("*.ipynb"))
+VALUE = re.compile(r'<pre class="snakepit-stream-value"[^>]*>(.*?)</pre>', re.DOTALL)
+
+
+def widget_states(nb: Any) -> dict[str, dict[str, Any]]:
+    widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    return {mid: model["state"] for mid, model in widgets.get("state", {}).items()}
+
+
+def with_class(states: dict[str, dict[str, Any]], css: str) -> list[dict[str, Any]]:
+    return [s for s in states.values() if css in s.get("_dom_classes", [])]
+
+
+def outputs_text(nb: Any) -> str:
+    return json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        f"{path.name} is saved with outputs; clear them before committing"
+    )
+    NotebookClient(
+        nb,
+        timeout=180,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+        store_widget_state=True,
+    ).execute()
+    text = outputs_text(nb)
+    assert "IOPub message rate exceeded" not in text
+    states = widget_states(nb)
+    for header in with_class(states, "snakepit-stream-header"):
+        # Every stream view reached its end before the notebook did.
+        assert re.search(r">(done|failed|cancelled)<", header["value"]), header["value"]
+    for result in with_class(states, "snakepit-stream-result"):
+        assert "snakepit-stream-value" in result["value"] or "snakepit-error" in result["value"]
+    if path.stem == "quickstart":
+        check_quickstart(nb, states)
+
+
+def check_quickstart(nb: Any, states: dict[str, dict[str, Any]]) -> None:
+    # The stream view's final text equals the value the kernel holds (cell `h.value, ...`).
+    (result,) = with_class(states, "snakepit-stream-result")
+    shown = html.unescape(VALUE.search(result["value"]).group(1))  # type: ignore[union-attr]
+    value_cell = next(c for c in nb.cells if c.source.startswith("h.value"))
+    kernel_value = value_cell.outputs[0]["data"]["text/plain"]
+    assert kernel_value.startswith(f"({shown}, 200,")
+    # The watch table shows the worker's write of `counter` and the notebook's temperature.
+    (table,) = with_class(states, "snakepit-watch-table")
+    counter = re.search(r'data-var="counter"><code[^>]*>(.*?)</code>', table["value"])
+    assert counter is not None
+    assert counter.group(1) == "5"
+    (slider,) = with_class(states, "snakepit-var-temperature")
+    assert slider["value"] == 1.25
+    (pool,) = with_class(states, "snakepit-pool-table")
+    assert pool["value"].count("snakepit-pool-rows") == 1
