@@ -126,6 +126,18 @@ def _raise_batch_errors(errors: Mapping[str, SnakepitError]) -> None:
     raise type(first)(f"{first} (also refused: {others}); nothing was written") from first
 
 
+def _one_more_conflict(name: str, conflicts: int, retries: int, exc: VersionConflictError) -> int:
+    """``update`` met another version conflict: the new count, or give up past ``retries``."""
+    conflicts += 1
+    if conflicts > retries:
+        raise VersionConflictError(
+            f"gave up updating variable {name!r} after {conflicts} version "
+            f"conflicts (retries={retries}): {exc}",
+            current_version=exc.current_version,
+        ) from exc
+    return conflicts
+
+
 class AsyncVariables:
     """The variables of one session, awaitable: ``await s.vars.set("t", 0.7)``.
 
@@ -398,13 +410,7 @@ class AsyncVariables:
             try:
                 record = await self._run(self._set(name, new, version, None))
             except VersionConflictError as exc:
-                conflicts += 1
-                if conflicts > retries:
-                    raise VersionConflictError(
-                        f"gave up updating variable {name!r} after {conflicts} version "
-                        f"conflicts (retries={retries}): {exc}",
-                        current_version=exc.current_version,
-                    ) from exc
+                conflicts = _one_more_conflict(name, conflicts, retries, exc)
                 continue
             return UpdateResult(name, record.value, record.version, conflicts)
 
@@ -530,12 +536,9 @@ class AsyncVariableWatch:
         self._closed = False
 
     async def _next(self, timeout: float | None) -> VariableChange | None:  # noqa: ASYNC109
-        if self._watcher is None:
-            if self._closed:
-                return None
-            self._watcher = await self._vars._watch(
-                self._names, self._include_initial, self._buffer
-            )
+        await self._next_start()
+        if self._watcher is None:  # closed before it started
+            return None
         try:
             if timeout is None:
                 return _copy_change(await self._watcher.next())
@@ -549,10 +552,14 @@ class AsyncVariableWatch:
                 self._names, self._include_initial, self._buffer
             )
 
-    async def _close(self) -> None:
+    def _close_now(self) -> None:
+        # Loop thread only.
         self._closed = True
         if self._watcher is not None:
             self._watcher.close()
+
+    async def _close(self) -> None:
+        self._close_now()
 
     async def next(self, timeout: float | None = None) -> VariableChange:  # noqa: ASYNC109
         """The next change; ``TimeoutError`` after ``timeout`` s, ``StopAsyncIteration`` when
@@ -761,13 +768,7 @@ class Variables:
             try:
                 record = self._run(self._async._set(name, new, version, None))
             except VersionConflictError as exc:
-                conflicts += 1
-                if conflicts > retries:
-                    raise VersionConflictError(
-                        f"gave up updating variable {name!r} after {conflicts} version "
-                        f"conflicts (retries={retries}): {exc}",
-                        current_version=exc.current_version,
-                    ) from exc
+                conflicts = _one_more_conflict(name, conflicts, retries, exc)
                 continue
             return UpdateResult(name, record.value, record.version, conflicts)
 
@@ -910,16 +911,9 @@ class VariableWatch:
     def close(self) -> None:
         loop_thread = self._inner._vars._loop_thread
         if loop_thread.in_loop_thread():
-            self._inner._closed = True
-            if self._inner._watcher is not None:
-                self._inner._watcher.close()
+            self._inner._close_now()
             return
-        loop_thread.loop.call_soon_threadsafe(self._close_on_loop)
-
-    def _close_on_loop(self) -> None:
-        self._inner._closed = True
-        if self._inner._watcher is not None:
-            self._inner._watcher.close()
+        loop_thread.loop.call_soon_threadsafe(self._inner._close_now)
 
     def __enter__(self) -> VariableWatch:
         return self

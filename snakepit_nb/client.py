@@ -104,9 +104,14 @@ def _parse_tool_source(
                 f"the source defines no function {function!r}; it defines: {names}"
             )
         node = found[-1]
-    is_generator = any(isinstance(n, ast.Yield | ast.YieldFrom) for n in _own_nodes(node))
+    is_generator = is_generator_def(node)
     doc = ast.get_docstring(node) or ""
     return node.name, check_tool_name(name or node.name), is_generator, doc
+
+
+def is_generator_def(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether ``func`` is a generator: its own body yields (nested functions don't count)."""
+    return any(isinstance(n, ast.Yield | ast.YieldFrom) for n in _own_nodes(func))
 
 
 def _own_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:

@@ -17,19 +17,9 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
+from snakepit_nb.client import is_generator_def
+
 CELL_FILENAME = "<snakepit_tool cell>"
-
-
-def _own_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:
-    found: list[ast.AST] = []
-    stack: list[ast.AST] = list(func.body)
-    while stack:
-        node = stack.pop()
-        found.append(node)
-        for child in ast.iter_child_nodes(node):
-            if not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-                stack.append(child)
-    return found
 
 
 def inspect_cell(source: str, function: str | None) -> tuple[str, bool]:
@@ -51,7 +41,7 @@ def inspect_cell(source: str, function: str | None) -> tuple[str, bool]:
             names = ", ".join(n.name for n in defs)
             raise UsageError(f"the cell defines no function {function!r}; it defines: {names}")
         node = matches[-1]
-    generator = any(isinstance(n, ast.Yield | ast.YieldFrom) for n in _own_nodes(node))
+    generator = is_generator_def(node)
     return node.name, generator
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import reprlib
 from collections.abc import Iterable, Sequence
 
@@ -51,6 +52,14 @@ _repr.maxlevel = 4
 
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+_LITERAL = re.compile(r"``(.+?)``")
+
+
+def prose(text: str) -> str:
+    """Escaped docstring prose, with its ``literals`` shown as code."""
+    return _LITERAL.sub(lambda m: f"<code>{m.group(1)}</code>", esc(text))
 
 
 def short_repr(value: object, limit: int = 120) -> str:

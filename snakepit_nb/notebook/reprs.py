@@ -47,7 +47,7 @@ def tool_spec_html(spec: Any) -> str:
     params = list(getattr(spec, "parameters", ()) or ())
     body = ""
     if desc:
-        body += f'<div style="color:{fmt.MUTED};white-space:pre-wrap">{fmt.esc(desc)}</div>'
+        body += f'<div style="color:{fmt.MUTED};white-space:pre-wrap">{fmt.prose(desc)}</div>'
     if params:
         rows = []
         for p in params:
@@ -58,7 +58,7 @@ def tool_spec_html(spec: Any) -> str:
                     fmt.mono(getattr(p, "name", "?")),
                     fmt.esc(getattr(p, "type", "") or "any"),
                     "required" if required else fmt.mono(fmt.short_repr(default, 40)),
-                    fmt.esc(getattr(p, "description", "") or ""),
+                    fmt.prose(getattr(p, "description", "") or ""),
                 ]
             )
         body += fmt.table(["parameter", "type", "default", "description"], rows)
@@ -81,7 +81,7 @@ def tool_table_html(specs: Iterable[Any]) -> str:
         kind = fmt.badge(_tool_kind(spec))
         if getattr(spec, "supports_streaming", False):
             kind += " " + fmt.badge("stream")
-        rows.append([fmt.mono(_signature(spec)), kind, fmt.esc(first)])
+        rows.append([fmt.mono(_signature(spec)), kind, fmt.prose(first)])
     if not rows:
         return fmt.card("<b>tools</b>", f'<span style="color:{fmt.MUTED}">none</span>')
     return fmt.card(

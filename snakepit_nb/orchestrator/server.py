@@ -8,12 +8,11 @@ seconds. Every failure becomes a documented status code (never UNKNOWN).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -21,20 +20,30 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from snakepit_nb._errors import (
     InvalidArgumentError,
     RemoteToolError,
+    ResourceExhaustedError,
     SnakepitError,
 )
-from snakepit_nb.orchestrator.variables_rpc import VariableServicerMixin, VariableSizeGuard
+from snakepit_nb.orchestrator.variables_rpc import (
+    VariableServicerMixin,
+    VariableSizeGuard,
+    timestamp_pb,
+)
 from snakepit_nb.protocol import pb, pb_grpc
 from snakepit_nb.protocol.auth import TokenInterceptor, server_options
+from snakepit_nb.protocol.boundary import DecodingGuard, check_correlation_id
 from snakepit_nb.protocol.codec import (
     decode_params,
     encode_any,
     encode_chunk,
     encode_chunk_batch,
 )
-from snakepit_nb.protocol.decoding import DecodingGuard
 from snakepit_nb.protocol.payloads import error_payload
-from snakepit_nb.protocol.status import abort, abort_with_tool_error, unimplemented_message
+from snakepit_nb.protocol.status import (
+    abort,
+    abort_with_tool_error,
+    mapped_to_status,
+    unimplemented_message,
+)
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.orchestrator import Orchestrator
@@ -47,37 +56,11 @@ CORRELATION_HEADER = "x-snakepit-correlation-id"
 CHUNK_BATCHING = "snakepit_nb.chunk_batching"
 RETURN_MARK = "snakepit_nb.return"
 
-R = TypeVar("R")
-Handler = Callable[..., Awaitable[R]]
-
 
 def _now() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
     return ts
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-def _mapped(handler: Handler[R]) -> Handler[R]:
-    """Turn every exception of a unary handler into its documented status code."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: Any) -> R:
-        try:
-            return await handler(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            if not isinstance(exc, SnakepitError):
-                log.exception("unexpected error in %s", handler.__name__)
-            await abort(context, exc)
-
-    return wrapper
 
 
 class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
@@ -90,7 +73,7 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
 
     # ------------------------------------------------------------------ health and sessions
 
-    @_mapped
+    @mapped_to_status
     async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:
         return pb.PingResponse(
             message=f"pong: {request.message}",
@@ -99,21 +82,21 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
             worker_id="orchestrator",
         )
 
-    @_mapped
+    @mapped_to_status
     async def InitializeSession(
         self, request: pb.InitializeSessionRequest, context: Any
     ) -> pb.InitializeSessionResponse:
         self.orchestrator.sessions.create(request.session_id, metadata=dict(request.metadata))
         return pb.InitializeSessionResponse(success=True)
 
-    @_mapped
+    @mapped_to_status
     async def CleanupSession(
         self, request: pb.CleanupSessionRequest, context: Any
     ) -> pb.CleanupSessionResponse:
         existed = await self.orchestrator.sessions.cleanup(request.session_id)
         return pb.CleanupSessionResponse(success=True, resources_cleaned=int(existed))
 
-    @_mapped
+    @mapped_to_status
     async def GetSession(
         self, request: pb.GetSessionRequest, context: Any
     ) -> pb.GetSessionResponse:
@@ -122,8 +105,8 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
         idle = orch.sessions.idle_seconds(record)
         response = pb.GetSessionResponse(
             session_id=record.session_id,
-            created_at=_timestamp(record.created_at),
-            last_accessed_at=_timestamp(time.time() - idle),
+            created_at=timestamp_pb(record.created_at),
+            last_accessed_at=timestamp_pb(time.time() - idle),
             tool_count=len(orch.registry.specs()),
             variable_count=orch.variable_count(record.session_id),
             call_count=record.call_count,
@@ -131,7 +114,7 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
         response.metadata.update(record.metadata)
         return response
 
-    @_mapped
+    @mapped_to_status
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         orch = self.orchestrator
         if request.worker_id:
@@ -143,7 +126,7 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
 
     # ------------------------------------------------------------------ tools
 
-    @_mapped
+    @mapped_to_status
     async def RegisterTools(
         self, request: pb.RegisterToolsRequest, context: Any
     ) -> pb.RegisterToolsResponse:
@@ -153,13 +136,13 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
         response.tool_ids.update({spec.name: f"{owner}:{spec.name}" for spec in specs})
         return response
 
-    @_mapped
+    @mapped_to_status
     async def GetExposedElixirTools(
         self, request: pb.GetExposedElixirToolsRequest, context: Any
     ) -> pb.GetExposedElixirToolsResponse:
         return pb.GetExposedElixirToolsResponse(tools=self.orchestrator.registry.kernel_tools())
 
-    @_mapped
+    @mapped_to_status
     async def ExecuteElixirTool(
         self, request: pb.ExecuteElixirToolRequest, context: Any
     ) -> pb.ExecuteElixirToolResponse:
@@ -182,13 +165,25 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
         else:
             response.success = True
             response.result.CopyFrom(encode_any(result))
+            self._check_fits(response.result, request.tool_name)
         response.execution_time_ms = int((time.perf_counter() - started) * 1000)
         response.metadata["tool_type"] = "kernel"
         if correlation:
             response.metadata["correlation_id"] = correlation
         return response
 
-    @_mapped
+    def _check_fits(self, result: Any, tool: str) -> None:
+        # A kernel tool's result goes back in one message; past the limit gRPC would fail the
+        # call with "Sent message larger than max", which says neither whose nor what to do.
+        limit = self.orchestrator.config.max_message_bytes
+        size = result.ByteSize()
+        if size > limit - 1024:
+            raise ResourceExhaustedError(
+                f"tool {tool!r} returned {size} bytes, over the {limit} byte message limit; "
+                "return less data, or write it to a file or shared memory and return its name"
+            )
+
+    @mapped_to_status
     async def ExecuteTool(
         self, request: pb.ExecuteToolRequest, context: Any
     ) -> pb.ExecuteToolResponse:
@@ -226,6 +221,7 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
         else:
             response.success = True
             response.result.CopyFrom(encode_any(result))
+            self._check_fits(response.result, request.tool_name)
         response.execution_time_ms = int((time.perf_counter() - started) * 1000)
         if correlation:
             response.metadata["correlation_id"] = correlation
@@ -326,6 +322,8 @@ async def _correlate(context: Any, metadata: Mapping[str, str]) -> str:
                 correlation = value
                 break
     if correlation:
+        # Request metadata may hold any text; a header may not (gRPC fails the call INTERNAL).
+        check_correlation_id(correlation)
         await context.send_initial_metadata(((CORRELATION_HEADER, correlation),))
     return str(correlation)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 import grpc.aio
 
-from snakepit_nb._errors import CallTimeoutError
+from snakepit_nb._errors import CallTimeoutError, ResourceExhaustedError
 from snakepit_nb.orchestrator.channel import EOF
 from snakepit_nb.orchestrator.supervision import WorkerGone
 from snakepit_nb.protocol import pb
@@ -77,6 +77,15 @@ class StreamCall(AsyncIterator[list[object]]):
 
     async def _run(self) -> AsyncGenerator[list[object], None]:
         pool = self.pool
+        # As for unary calls (channel.py), refuse what the worker's limit would drop, before a
+        # worker is taken, with a message that says what to do (gRPC's says neither).
+        size, limit = self._request.ByteSize(), pool.config.max_message_bytes
+        if size > limit - 1024:
+            raise ResourceExhaustedError(
+                f"the call's arguments are {size} bytes, over max_message_bytes={limit}; pass "
+                "large data through a file or shared memory, or start the pool with a larger "
+                "max_message_bytes"
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout if self.timeout is not None else None
         try:

@@ -14,12 +14,11 @@ the variable's type as the ``Any`` label.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
 from google.protobuf.any_pb2 import Any as PbAny
@@ -34,7 +33,12 @@ from snakepit_nb.orchestrator.variables_types import KERNEL_SOURCE, VariableReco
 from snakepit_nb.orchestrator.watchers import VariableChange
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import decode_any, decode_any_with_binary, encode_any
-from snakepit_nb.protocol.status import abort, status_code_for, status_message
+from snakepit_nb.protocol.status import (
+    abort,
+    mapped_to_status,
+    status_code_for,
+    status_message,
+)
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.variables import VariableStores
@@ -50,6 +54,7 @@ __all__ = [
     "batch_error_text",
     "change_to_pb",
     "record_to_pb",
+    "timestamp_pb",
     "version_to_pb",
 ]
 
@@ -65,7 +70,6 @@ UPDATED_BY_KEY = "snakepit_nb.updated_by"
 EXPECTED_VERSION_KEY = "snakepit_nb.expected_version"
 _ANONYMOUS_WORKER = "worker"
 
-R = TypeVar("R")
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
@@ -76,7 +80,8 @@ class _VariablesHost(Protocol):
 # ---------------------------------------------------------------------------- conversions
 
 
-def _timestamp(seconds: float) -> Timestamp:
+def timestamp_pb(seconds: float) -> Timestamp:
+    """The proto ``Timestamp`` of a ``time.time()`` value."""
     ts = Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
@@ -94,7 +99,7 @@ def record_to_pb(record: VariableRecord) -> pb.Variable:
         constraints_json=json.dumps(dict(record.constraints)) if record.constraints else "",
         metadata=metadata,
         source=pb.Variable.ELIXIR if record.source == KERNEL_SOURCE else pb.Variable.PYTHON,
-        last_updated_at=_timestamp(record.updated_at),
+        last_updated_at=timestamp_pb(record.updated_at),
         version=record.version,
         access_control_json=json.dumps(dict(record.access)) if record.access else "",
     )
@@ -102,7 +107,7 @@ def record_to_pb(record: VariableRecord) -> pb.Variable:
     if lock is not None:
         message.optimization_status.optimizing = True
         message.optimization_status.optimizer_id = lock.optimizer_id
-        message.optimization_status.started_at.CopyFrom(_timestamp(lock.started_at))
+        message.optimization_status.started_at.CopyFrom(timestamp_pb(lock.started_at))
     return message
 
 
@@ -112,7 +117,7 @@ def change_to_pb(change: VariableChange) -> pb.VariableUpdate:
         variable=record_to_pb(change.variable),
         update_source=change.source,
         update_metadata=dict(change.metadata),
-        timestamp=_timestamp(change.at),
+        timestamp=timestamp_pb(change.at),
         update_type=change.kind,
         skipped_versions=change.skipped,
     )
@@ -139,7 +144,7 @@ def version_to_pb(entry: VariableVersion, type_name: str) -> pb.VariableHistoryE
     return pb.VariableHistoryEntry(
         version=entry.version,
         value=encode_any(entry.value, type_hint=type_name),
-        timestamp=_timestamp(entry.at),
+        timestamp=timestamp_pb(entry.at),
         changed_by=entry.source,
         metadata=dict(entry.metadata),
     )
@@ -202,25 +207,6 @@ def _source(context: Ctx) -> str:
         if key == WORKER_ID_KEY and isinstance(value, str) and value and value != KERNEL_SOURCE:
             return value
     return _ANONYMOUS_WORKER
-
-
-def _unary(
-    handler: Callable[[Any, Any, Ctx], Awaitable[R]],
-) -> Callable[[Any, Any, Ctx], Awaitable[R]]:
-    """Map every exception of a handler to its status code (never UNKNOWN)."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: Ctx) -> R:
-        try:
-            return await handler(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            if not isinstance(exc, SnakepitError):
-                log.exception("unexpected error in %s", handler.__name__)
-            await abort(context, exc)
-
-    return wrapper
 
 
 # ---------------------------------------------------------------------------- size guard
@@ -312,7 +298,7 @@ class VariableServicerMixin:
     def _value_limit(self) -> int:
         return self.orchestrator.variables.limits.max_value_bytes
 
-    @_unary
+    @mapped_to_status
     async def RegisterVariable(
         self, request: pb.RegisterVariableRequest, context: Ctx
     ) -> pb.RegisterVariableResponse:
@@ -336,7 +322,7 @@ class VariableServicerMixin:
             success=True, variable_id=record.id, variable=record_to_pb(record)
         )
 
-    @_unary
+    @mapped_to_status
     async def GetVariable(
         self, request: pb.GetVariableRequest, context: Ctx
     ) -> pb.GetVariableResponse:
@@ -344,7 +330,7 @@ class VariableServicerMixin:
         record = await store.get(request.variable_identifier, source=_source(context))
         return pb.GetVariableResponse(variable=record_to_pb(record), from_cache=False)
 
-    @_unary
+    @mapped_to_status
     async def SetVariable(
         self, request: pb.SetVariableRequest, context: Ctx
     ) -> pb.SetVariableResponse:
@@ -365,7 +351,7 @@ class VariableServicerMixin:
             success=True, new_version=record.version, variable=record_to_pb(record)
         )
 
-    @_unary
+    @mapped_to_status
     async def GetVariables(
         self, request: pb.BatchGetVariablesRequest, context: Ctx
     ) -> pb.BatchGetVariablesResponse:
@@ -377,7 +363,7 @@ class VariableServicerMixin:
             variables={k: record_to_pb(r) for k, r in found.items()}, missing_variables=missing
         )
 
-    @_unary
+    @mapped_to_status
     async def SetVariables(
         self, request: pb.BatchSetVariablesRequest, context: Ctx
     ) -> pb.BatchSetVariablesResponse:
@@ -415,7 +401,7 @@ class VariableServicerMixin:
             new_versions={k: r.version for k, r in outcome.records.items()},
         )
 
-    @_unary
+    @mapped_to_status
     async def ListVariables(
         self, request: pb.ListVariablesRequest, context: Ctx
     ) -> pb.ListVariablesResponse:
@@ -423,7 +409,7 @@ class VariableServicerMixin:
         records = await store.list(request.pattern or "*", source=_source(context))
         return pb.ListVariablesResponse(variables=[record_to_pb(r) for r in records])
 
-    @_unary
+    @mapped_to_status
     async def DeleteVariable(
         self, request: pb.DeleteVariableRequest, context: Ctx
     ) -> pb.DeleteVariableResponse:
@@ -451,7 +437,7 @@ class VariableServicerMixin:
         finally:
             watcher.close()
 
-    @_unary
+    @mapped_to_status
     async def AddDependency(
         self, request: pb.AddDependencyRequest, context: Ctx
     ) -> pb.AddDependencyResponse:
@@ -464,7 +450,7 @@ class VariableServicerMixin:
         )
         return pb.AddDependencyResponse(success=True)
 
-    @_unary
+    @mapped_to_status
     async def StartOptimization(
         self, request: pb.StartOptimizationRequest, context: Ctx
     ) -> pb.StartOptimizationResponse:
@@ -480,7 +466,7 @@ class VariableServicerMixin:
             success=True, optimization_id=lock.optimization_id if lock else ""
         )
 
-    @_unary
+    @mapped_to_status
     async def StopOptimization(
         self, request: pb.StopOptimizationRequest, context: Ctx
     ) -> pb.StopOptimizationResponse:
@@ -495,7 +481,7 @@ class VariableServicerMixin:
             success=True, final_value=encode_any(record.value, type_hint=record.type)
         )
 
-    @_unary
+    @mapped_to_status
     async def GetVariableHistory(
         self, request: pb.GetVariableHistoryRequest, context: Ctx
     ) -> pb.GetVariableHistoryResponse:
@@ -511,7 +497,7 @@ class VariableServicerMixin:
             entries=[version_to_pb(e, record.type) for e in entries]
         )
 
-    @_unary
+    @mapped_to_status
     async def RollbackVariable(
         self, request: pb.RollbackVariableRequest, context: Ctx
     ) -> pb.RollbackVariableResponse:

@@ -26,11 +26,13 @@ UNIMPLEMENTED          ProtocolError naming the side that serves the method
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
 import grpc
 
@@ -67,12 +69,17 @@ __all__ = [
     "error_from_call_error",
     "error_from_status",
     "map_rpc_error",
+    "mapped_to_status",
     "mapping_rpc_errors",
     "status_code_for",
     "status_message",
     "trailing_metadata_for",
     "unimplemented_message",
 ]
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 #: Trailing metadata key carrying the exact snakepit_nb exception class name.
 ERROR_CLASS_KEY = "x-snakepit-error"
@@ -207,6 +214,26 @@ async def abort(context: Any, exc: BaseException) -> NoReturn:
         status_code_for(exc), status_message(exc), trailing_metadata=trailing_metadata_for(exc)
     )
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+def mapped_to_status(
+    handler: Callable[[Any, Any, Any], Awaitable[R]],
+) -> Callable[[Any, Any, Any], Awaitable[R]]:
+    """Server side: decorate a unary handler so every exception it raises ends the RPC with
+    its documented status code (never UNKNOWN); unexpected ones are logged first."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: Any) -> R:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, SnakepitError):
+                log.exception("unexpected error in %s", handler.__name__)
+            await abort(context, exc)
+
+    return wrapper
 
 
 async def abort_with_tool_error(

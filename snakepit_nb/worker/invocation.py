@@ -23,6 +23,7 @@ from google.protobuf.any_pb2 import Any as PbAny
 
 from snakepit_nb._errors import InvalidArgumentError, ResourceExhaustedError
 from snakepit_nb.protocol import pb
+from snakepit_nb.protocol.boundary import check_correlation_id
 from snakepit_nb.protocol.codec import (
     decode_json,
     decode_params,
@@ -130,7 +131,8 @@ class Invoker:
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"tool {definition.name!r}: {exc}") from exc
         kwargs = definition.bind(arguments)
-        correlation_id = metadata.get(CORRELATION_KEY, "") or correlation_id
+        # It goes on as a gRPC header in callbacks to the kernel: refuse what cannot.
+        correlation_id = check_correlation_id(metadata.get(CORRELATION_KEY, "") or correlation_id)
         ctx: SessionContext | None = None
         if definition.ctx_param is not None or definition.stream is not StreamKind.NONE:
             ctx = self.make_context(
@@ -299,7 +301,7 @@ class Invoker:
                 f"batch for tool {definition.name!r}: arguments must be a JSON array of "
                 f"argument objects, got {type(items).__name__}"
             )
-        correlation_id = batch.metadata.get(CORRELATION_KEY, "")
+        correlation_id = check_correlation_id(batch.metadata.get(CORRELATION_KEY, ""))
         ctx = self.make_context(definition, batch.session_id, correlation_id, batch.metadata)
         started = time.perf_counter_ns()
         if self.telemetry.active:

@@ -31,8 +31,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from snakepit_nb._errors import InvalidArgumentError, SnakepitError, StartupError
 from snakepit_nb.protocol import pb, pb_grpc
 from snakepit_nb.protocol.auth import DEFAULT_MAX_MESSAGE_BYTES, TokenInterceptor, server_options
+from snakepit_nb.protocol.boundary import DecodingGuard
 from snakepit_nb.protocol.codec import error_payload
-from snakepit_nb.protocol.decoding import DecodingGuard
 from snakepit_nb.protocol.status import abort, abort_with_tool_error, unimplemented_message
 from snakepit_nb.worker.adapter import Adapter, ToolTable, is_adapter_class
 from snakepit_nb.worker.channel import ChannelServer

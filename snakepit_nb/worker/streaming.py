@@ -346,7 +346,7 @@ class StreamRun:
                     n += 1
             else:
                 for value in batch:
-                    data, metadata = _encode_one(name, value)
+                    data, metadata = _encode_one(name, value, self.invoker.max_message_bytes)
                     yield pb.ToolChunk(chunk_id=f"{name}-{n}", data=data, metadata=metadata)
                     n += 1
         if self.buffer.error is not None:
@@ -354,7 +354,9 @@ class StreamRun:
         final = pb.ToolChunk(chunk_id=f"{name}-{n}", is_final=True)
         has_result, result = self.buffer.result
         if has_result:
-            data, metadata = _encode_one(name, result)
+            data, metadata = _encode_one(
+                name, result, self.invoker.max_message_bytes, what="the return value"
+            )
             final.data = data
             final.metadata.update(metadata)
             final.metadata[RETURN_KEY] = "1"
@@ -379,11 +381,22 @@ class StreamRun:
         return time.perf_counter_ns() - self._started
 
 
-def _encode_one(name: str, value: object) -> tuple[bytes, dict[str, str]]:
+def _encode_one(
+    name: str, value: object, limit: int, *, what: str = "a chunk"
+) -> tuple[bytes, dict[str, str]]:
     try:
-        return encode_chunk(value)
+        data, metadata = encode_chunk(value)
     except InvalidArgumentError as exc:
-        raise InvalidArgumentError(f"a chunk of tool {name!r} cannot be sent: {exc}") from exc
+        raise InvalidArgumentError(f"{what} of tool {name!r} cannot be sent: {exc}") from exc
+    # Checked here, not left to gRPC, whose "Sent message larger than max" says nothing of
+    # which value or what to do; 1 KiB is kept for the message's other fields.
+    if len(data) > limit - 1024:
+        raise ResourceExhaustedError(
+            f"{what} of tool {name!r} is {len(data)} bytes, over the {limit} byte message "
+            "limit; send less data per message (yield it in smaller chunks), or write it to a "
+            "file or shared memory and send its name"
+        )
+    return data, metadata
 
 
 def _encode_batch(name: str, values: list[object], limit: int) -> list[tuple[bytes, int]]:

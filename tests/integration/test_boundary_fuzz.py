@@ -9,9 +9,11 @@ behind the checks. A few calls go out without the token or with a wrong one (T14
 payloads).
 
 What must hold (reliability.md §4.2): the status is always a documented one and never UNKNOWN;
-INTERNAL only when a tool raised (the status then names ``RemoteToolError``); errors inside the
-call channel's frames obey the same rule; and afterwards the runtime is healthy: a real call
-works, every worker is ready, and no worker was restarted.
+INTERNAL only when a tool raised (the status then names ``RemoteToolError``); DEADLINE_EXCEEDED
+only on streams that never end by themselves (anywhere else it is a hang); UNAVAILABLE never
+(it means a worker died, and only tools that cannot crash it are called); errors inside the
+call channel's frames obey the same rules; and afterwards the runtime is healthy: a real call
+works, every worker is ready, and none was restarted.
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ ALLOWED = {
 # Streams that never end by themselves (a watch, a telemetry feed): they are read for a moment
 # and end with the caller's deadline.
 OPEN_ENDED = {"WatchVariables", "StreamTelemetry"}
-OPEN_ENDED_SECONDS = 0.3
-CALL_SECONDS = 10.0
+OPEN_ENDED_SECONDS = 0.15
+# Every other call answers at once (only safe tools run); one still open after this is a hang,
+# and its DEADLINE_EXCEEDED fails the test.
+CALL_SECONDS = 4.0
 MAX_RESPONSES = 5000
 BUDGET = 480  # random calls per server
 UNSERVED_EXAMPLES = 6
@@ -68,6 +72,7 @@ UNSERVED_EXAMPLES = 6
 # suite's business, with their own assertions).
 SAFE_TOOLS = ["add", "echo", "noop", "whoami", "fail", "count", "incr_var", "ask_kernel", "nbytes"]
 SHOWCASE_TOOLS = {*SAFE_TOOLS, "crash", "slow", "spin", "sleep_sync", "spawn_child"}
+KERNEL_TOOL = "fz_kernel"
 VARIABLES = ["v_int", "v_float", "v_list", "v_str"]
 LABELS = [
     "null", "boolean", "integer", "float", "string", "list", "map", "bytes", "tensor",
@@ -76,6 +81,11 @@ LABELS = [
 
 
 # ------------------------------------------------------------------------------ values
+
+
+def _mix(choices: Sequence[st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
+    """Like ``st.one_of``, but each choice equally likely (one_of favours the first ones)."""
+    return st.sampled_from(choices).flatmap(lambda chosen: chosen)
 
 
 def _small_text(size: int = 12) -> st.SearchStrategy[str]:
@@ -261,8 +271,9 @@ _HOSTILE: dict[str, st.SearchStrategy[Any]] = {
         _param_names, st.binary(max_size=64), max_size=2
     ),
     "BatchCall.arguments": st.one_of(
-        st.lists(st.dictionaries(st.sampled_from(["a", "b", "value"]), _json_values), max_size=4)
-        .map(_dumps),
+        st.lists(
+            st.dictionaries(st.sampled_from(["a", "b", "value"]), _json_values), max_size=4
+        ).map(_dumps),
         _json_bytes,
     ),
     "*.worker_id": st.sampled_from(["fz-peer", ""]) | _small_text(6),
@@ -287,9 +298,15 @@ _plausible_parameters = st.one_of(
     st.fixed_dictionaries({"value": _plain_anys}),
     st.fixed_dictionaries({}, optional={"n": st.integers(0, 30).map(encode_any)}),
     st.fixed_dictionaries(
-        {}, optional={"message": _small_text().map(encode_any), "kind": st.just(encode_any("KeyError"))}
+        {},
+        optional={
+            "message": _small_text().map(encode_any),
+            "kind": st.just(encode_any("KeyError")),
+        },
     ),
-    st.fixed_dictionaries({"name": _fresh_variables.map(encode_any), "by": _numbers.map(encode_any)}),
+    st.fixed_dictionaries(
+        {"name": _fresh_variables.map(encode_any), "by": _numbers.map(encode_any)}
+    ),
     st.fixed_dictionaries({"tool": _tools.map(encode_any)}),
     st.fixed_dictionaries({"n": st.integers(0, 2048).map(encode_any)}),
 )
@@ -312,7 +329,9 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "*.constraints_json": st.sampled_from(["", '{"min": 0}', '{"allow_nan": true}', "{}"]),
     "*.access_control_json": st.sampled_from(["", '{"workers": "read"}']),
     "*.validation_json": st.just(""),
-    "*.metadata": st.sampled_from([{}, {"correlation_id": "fz-1"}, {"snakepit_nb.chunk_batching": "1"}]),
+    "*.metadata": st.sampled_from(
+        [{}, {"correlation_id": "fz-1"}, {"snakepit_nb.chunk_batching": "1"}]
+    ),
     "ExecuteToolRequest.parameters": _plausible_parameters,
     "ExecuteElixirToolRequest.parameters": _plausible_parameters,
     "ExecuteToolRequest.binary_parameters": st.just({}),
@@ -327,6 +346,70 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "*.target_version": st.integers(0, 3),
     "*.batch_count": st.integers(0, 3),
 }
+# Whole plausible messages where a field-by-field draw would rarely match (a tool with the
+# arguments it takes).
+_call_args = _mix(
+    [
+        st.tuples(st.just("add"), st.fixed_dictionaries({"a": _numbers, "b": _numbers})),
+        st.tuples(st.just("echo"), st.fixed_dictionaries({"value": _plain_values})),
+        st.tuples(st.sampled_from(["noop", "whoami"]), st.just({})),
+        st.tuples(
+            st.just("fail"),
+            st.fixed_dictionaries(
+                {"message": _small_text(), "kind": st.sampled_from(["KeyError", "Bogus", "int"])}
+            ),
+        ),
+        st.tuples(st.just("count"), st.fixed_dictionaries({"n": st.integers(0, 30)})),
+        st.tuples(
+            st.just("incr_var"), st.fixed_dictionaries({"name": _fresh_variables, "by": _numbers})
+        ),
+        st.tuples(
+            st.just("ask_kernel"),
+            st.fixed_dictionaries(
+                {"tool": st.sampled_from([KERNEL_TOOL, "nope"]), "x": _plain_values}
+            ),
+        ),
+        st.tuples(st.just("nbytes"), st.fixed_dictionaries({"n": st.integers(0, 2048)})),
+    ]
+)
+
+
+def _call_request(cls: Any) -> st.SearchStrategy[Any]:
+    def build(call: tuple[str, dict[str, Any]], metadata: dict[str, str], stream: bool) -> Any:
+        name, kwargs = call
+        return cls(
+            session_id=SESSION,
+            tool_name=name,
+            parameters={k: encode_any(v) for k, v in kwargs.items()},
+            metadata=metadata,
+            **({"stream": stream} if cls is pb.ExecuteToolRequest else {}),
+        )
+
+    return st.builds(build, _call_args, _PLAUSIBLE["*.metadata"], st.booleans())
+
+
+_PLAUSIBLE_MESSAGES: dict[str, st.SearchStrategy[Any]] = {
+    "ExecuteToolRequest": _call_request(pb.ExecuteToolRequest),
+    "ExecuteElixirToolRequest": st.builds(
+        lambda x, meta: pb.ExecuteElixirToolRequest(
+            session_id=SESSION,
+            tool_name=KERNEL_TOOL,
+            parameters={"x": encode_any(x)},
+            metadata=meta,
+        ),
+        _plain_values,
+        _PLAUSIBLE["*.metadata"],
+    ),
+    "BatchCall": st.builds(
+        lambda pairs: pb.BatchCall(
+            session_id=SESSION,
+            tool_name="add",
+            arguments=encode_json([{"a": a, "b": b} for a, b in pairs]),
+        ),
+        st.lists(st.tuples(_numbers, _numbers), max_size=6),
+    ),
+}
+
 # Fields a plausible message always sets (what a handler looks up first).
 _KEYS = {"session_id", "tool_name", "variable_identifier", "name", "source", "type"}
 
@@ -374,11 +457,12 @@ def _timestamps(plausible: bool) -> st.SearchStrategy[timestamp_pb2.Timestamp]:
 def _value_strategy(
     message: descriptor.Descriptor, f: descriptor.FieldDescriptor, depth: int, plausible: bool
 ) -> st.SearchStrategy[Any] | None:
-    override = _override(message, f, plausible)
+    override: st.SearchStrategy[Any] | None = _override(message, f, plausible)
     if override is not None:
         return override
     if f.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
         sub = f.message_type
+        assert sub is not None
         if sub.GetOptions().map_entry:
             key = _value_strategy(sub, sub.fields_by_name["key"], depth, plausible)
             value = _value_strategy(sub, sub.fields_by_name["value"], depth, plausible)
@@ -390,6 +474,7 @@ def _value_strategy(
             return None
         return st.lists(element, max_size=3) if f.is_repeated else element
     if f.type == descriptor.FieldDescriptor.TYPE_ENUM:
+        assert f.enum_type is not None
         numbers = [v.number for v in f.enum_type.values]
         scalar: st.SearchStrategy[Any] = st.sampled_from(numbers)
         if not plausible:
@@ -416,6 +501,8 @@ def messages(
     message: descriptor.Descriptor, depth: int = 0, *, plausible: bool = False
 ) -> st.SearchStrategy[Message]:
     """Random well-formed instances of ``message``: a subset of its fields, random values."""
+    if plausible and message.name in _PLAUSIBLE_MESSAGES:
+        return _PLAUSIBLE_MESSAGES[message.name]
     cls = message_factory.GetMessageClass(message)
     required: dict[str, st.SearchStrategy[Any]] = {}
     optional: dict[str, st.SearchStrategy[Any]] = {}
@@ -441,21 +528,14 @@ def _mutate(data: bytes, cut: int, flips: Sequence[tuple[int, int]]) -> bytes:
 @functools.cache
 def _payloads(method: descriptor.MethodDescriptor) -> st.SearchStrategy[bytes]:
     plausible = messages(method.input_type, plausible=True).map(lambda m: m.SerializeToString())
-    well_formed = messages(method.input_type).map(lambda m: m.SerializeToString())
-    return st.one_of(
-        plausible,
-        plausible,
-        plausible,
-        well_formed,
-        well_formed,
-        st.builds(
-            _mutate,
-            well_formed,
-            st.integers(0, 3),
-            st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
-        ),
-        st.binary(max_size=200),
+    hostile = messages(method.input_type).map(lambda m: m.SerializeToString())
+    mutated = st.builds(
+        _mutate,
+        plausible | hostile,
+        st.integers(0, 3),
+        st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
     )
+    return _mix([plausible] * 5 + [hostile] * 3 + [mutated, st.binary(max_size=200)])
 
 
 @dataclass(frozen=True)
@@ -495,6 +575,11 @@ def cases(method: descriptor.MethodDescriptor) -> st.SearchStrategy[Case]:
 # ------------------------------------------------------------------------------ calling
 
 
+def _rpc(channel: Any, kind: str, path: str) -> Any:
+    """A raw-bytes callable of ``kind`` ("unary_unary", ...): bytes in, bytes out."""
+    return getattr(channel, kind)(path, request_serializer=None, response_deserializer=None)
+
+
 @dataclass
 class Outcome:
     code: Any
@@ -520,7 +605,7 @@ class Target:
 
     def call(self, case: Case) -> Outcome:
         method = SERVICE.methods_by_name[case.method]
-        metadata = list(case.headers)
+        metadata: list[tuple[str, str]] = list(case.headers)
         if case.auth == "good":
             metadata.append((TOKEN_KEY, self.token))
         elif case.auth == "wrong":
@@ -532,30 +617,31 @@ class Target:
             if method.client_streaming:
                 requests = iter(case.payloads)
                 if method.server_streaming:
-                    stream = self.channel.stream_stream(path)(
+                    stream = _rpc(self.channel, "stream_stream", path)(
                         requests, metadata=metadata, timeout=seconds
                     )
                     _drain(stream, responses)
                 else:
                     responses.append(
-                        self.channel.stream_unary(path)(
+                        _rpc(self.channel, "stream_unary", path)(
                             requests, metadata=metadata, timeout=seconds
                         )
                     )
             elif method.server_streaming:
-                stream = self.channel.unary_stream(path)(
+                stream = _rpc(self.channel, "unary_stream", path)(
                     case.payloads[0], metadata=metadata, timeout=seconds
                 )
                 _drain(stream, responses)
             else:
                 responses.append(
-                    self.channel.unary_unary(path)(
+                    _rpc(self.channel, "unary_unary", path)(
                         case.payloads[0], metadata=metadata, timeout=seconds
                     )
                 )
         except grpc.RpcError as err:
-            trailing = {k: str(v) for k, v in (err.trailing_metadata() or ())}  # type: ignore[attr-defined]
-            return Outcome(err.code(), err.details() or "", trailing, responses)  # type: ignore[attr-defined]
+            failed: Any = err  # a grpc.Call as well as an RpcError
+            trailing = {str(k): str(v) for k, v in (failed.trailing_metadata() or ())}
+            return Outcome(failed.code(), failed.details() or "", trailing, responses)
         return Outcome(SC.OK, "", {}, responses)
 
 
@@ -572,7 +658,8 @@ def _drain(stream: Any, into: list[bytes]) -> None:
 
 def check(case: Case, outcome: Outcome) -> None:
     """The boundary's contract for one call (see the module docstring)."""
-    code, where = outcome.code, f"{case.method} -> {outcome.code} {outcome.details[:300]!r}"
+    code = outcome.code
+    where = f"{case.method} -> {code} {outcome.details[:300]!r}\n{_describe(case)}"
     assert code is not SC.UNKNOWN, where
     if case.auth != "good":
         assert code is SC.UNAUTHENTICATED, where
@@ -588,6 +675,19 @@ def check(case: Case, outcome: Outcome) -> None:
     assert code in ALLOWED, where
     if code is SC.OK:
         _check_responses(case, outcome)
+
+
+def _describe(case: Case) -> str:
+    """The case, with its payloads decoded where they parse (for failure messages)."""
+    method = SERVICE.methods_by_name[case.method]
+    cls = message_factory.GetMessageClass(method.input_type)
+    lines = [f"Case({case.method!r}, auth={case.auth!r}, headers={case.headers!r})"]
+    for payload in case.payloads:
+        try:
+            lines.append(f"  {cls.FromString(payload)!r:.3000}")
+        except Exception:
+            lines.append(f"  raw {payload[:200]!r}")
+    return "\n".join(lines)
 
 
 def _check_responses(case: Case, outcome: Outcome) -> None:
@@ -625,6 +725,7 @@ def _start(client_factory: Callable[..., Any]) -> Runtime:
     s.vars.define("v_list", [1, 2], type="list")
     s.vars.define("v_str", "x", type="string", max_length=10)
     client.session("doomed")
+    client.register_kernel_tool(lambda x=None: x, name=KERNEL_TOOL)
     (worker,) = client.status().workers
     token = client.orchestrator.token
     return Runtime(
@@ -645,7 +746,7 @@ def assert_healthy(runtime: Runtime) -> None:
     assert [w.pid for w in status.workers] == [runtime.worker_pid], status
     for target in (runtime.orchestrator, runtime.worker):
         reply = pb.PingResponse.FromString(
-            target.channel.unary_unary(PREFIX + "Ping")(
+            _rpc(target.channel, "unary_unary", PREFIX + "Ping")(
                 pb.PingRequest(message="still there").SerializeToString(),
                 metadata=((TOKEN_KEY, target.token),),
                 timeout=10,
@@ -662,6 +763,11 @@ def runtime(client_factory: Callable[..., Any]) -> Iterator[Runtime]:
     made.worker.close()
 
 
+def _bad_correlation(cls: Any, tool: str) -> bytes:
+    request = cls(session_id=SESSION, tool_name=tool, metadata={"correlation_id": "caf\u00e9\n"})
+    return bytes(request.SerializeToString())
+
+
 # Regressions found by this fuzz; each stays as an explicit example.
 _REGRESSIONS = [
     # The worker's server had no decoding guard: gRPC answered UNKNOWN for bytes that are not
@@ -675,7 +781,45 @@ _REGRESSIONS = [
     Case("CallChannel", (pb.ChannelFrame().SerializeToString(), b"\xff\xff")),
     Case("StreamTelemetry", (b"\xff\xff\xff",)),
     Case("ExecuteTool", (b"\xff\xff\xff",), auth="missing"),
+    # Garbage after a frame the worker answered: the handler was cancelled mid-write and gRPC
+    # could send no status at all -- the call hung until the caller's deadline.
+    Case("CallChannel", (b"\n\x00", b"U]")),
+    # A correlation id that is not header-safe was echoed as a gRPC header: INTERNAL
+    # "Invalid metadata" (orchestrator), a failing callback (worker).
+    Case("ExecuteTool", (_bad_correlation(pb.ExecuteToolRequest, "add"),)),
+    Case("ExecuteStreamingTool", (_bad_correlation(pb.ExecuteToolRequest, "count"),)),
+    Case("ExecuteElixirTool", (_bad_correlation(pb.ExecuteElixirToolRequest, KERNEL_TOOL),)),
 ]
+
+
+def _wire(message: Message) -> tuple[bytes, ...]:
+    return (bytes(message.SerializeToString()),)
+
+
+# Huge counts, which random draws keep small: every one is an explicit example.
+_HUGE = [
+    Case("GetVariables", _wire(pb.BatchGetVariablesRequest(
+        session_id=SESSION, variable_identifiers=[f"v{i}" for i in range(10_000)]))),
+    Case("WatchVariables", _wire(pb.WatchVariablesRequest(
+        session_id=SESSION, variable_identifiers=VARIABLES * 2_500, include_initial_values=True))),
+    Case("SetVariables", _wire(pb.BatchSetVariablesRequest(
+        session_id=SESSION, updates={f"n{i}": encode_any(i) for i in range(5_000)}, atomic=True))),
+    Case("ExecuteTool", _wire(pb.ExecuteToolRequest(
+        session_id=SESSION, tool_name="echo",
+        parameters={f"p{i}": encode_any(i) for i in range(5_000)}))),
+    Case("ExecuteStreamingTool", _wire(pb.ExecuteToolRequest(
+        session_id=SESSION, tool_name="count", parameters={"n": encode_any(20_000)}))),
+    Case("CallChannel", _wire(pb.ChannelFrame(messages=[
+        pb.ChannelMessage(call_id=i % 700, request=pb.ExecuteToolRequest(
+            session_id=SESSION, tool_name="add",
+            parameters={"a": encode_any(i), "b": encode_any(1)}))
+        for i in range(1_000)]))),
+    Case("CallChannel", _wire(pb.ChannelFrame(messages=[pb.ChannelMessage(
+        call_id=1, batch=pb.BatchCall(session_id=SESSION, tool_name="add",
+                                      arguments=encode_json([{"a": 1, "b": 2}] * 20_000)))]))),
+    Case("RegisterTools", _wire(pb.RegisterToolsRequest(
+        worker_id="fz-peer", tools=[pb.ToolRegistration(name=f"fz_t{i}") for i in range(2_000)]))),
+]  # fmt: skip
 
 
 def _fuzz(target: Target, method: descriptor.MethodDescriptor, examples: int) -> Counter[str]:
@@ -686,12 +830,10 @@ def _fuzz(target: Target, method: descriptor.MethodDescriptor, examples: int) ->
         outcome = target.call(case)
         tally[outcome.code.name] += 1
         tally[f"{case.method}:{outcome.code.name}"] += 1
-        if outcome.code is SC.INVALID_ARGUMENT:
-            DETAILS[f"{case.method}: {outcome.details[:90]}"] += 1
         check(case, outcome)
 
     fuzz = given(case=cases(method))(run)
-    for case in _REGRESSIONS:
+    for case in [*_REGRESSIONS, *_HUGE]:
         if case.method == method.name:
             fuzz = example(case=case)(fuzz)
     settings(
@@ -699,13 +841,12 @@ def _fuzz(target: Target, method: descriptor.MethodDescriptor, examples: int) ->
         deadline=None,
         derandomize=True,
         database=None,
-        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        # No shrinking: a hang costs CALL_SECONDS per shrink step (minutes); the failure
+        # message shows the case decoded (see _describe) instead.
+        phases=[Phase.explicit, Phase.generate],
         suppress_health_check=list(HealthCheck),
     )(fuzz)()
     return tally
-
-
-DETAILS: Counter[str] = Counter()
 
 
 def _serves(target: Target, method: descriptor.MethodDescriptor) -> bool:
@@ -714,8 +855,6 @@ def _serves(target: Target, method: descriptor.MethodDescriptor) -> bool:
 
 
 def _report(target: Target, tally: Counter[str], seconds: float) -> None:
-    for k, v in DETAILS.most_common(40):
-        print(v, k)
     print(f"\n{target.name}: {seconds:.1f} s, {dict(sorted(tally.items()))}")
 
 

@@ -1,6 +1,6 @@
 """LocalProcessLauncher with real processes: start-up handshake, stop, reaping, transports.
 
-The worker here is the stand-in in ``test_launcher_standin.py`` (a real process following the
+The worker here is the stand-in in ``launcher_standin.py`` (a real process following the
 launch contract) unless stated; ``test_launcher_real_worker.py`` repeats the key checks with
 ``python -m snakepit_nb.worker``.
 """
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_launcher_standin import (
+from launcher_standin import (
     pid_exists,
     pid_running,
     processes_with_marker,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_launcher_standin import HERE, processes_with_marker
+from launcher_standin import HERE, processes_with_marker
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ CYCLER = r"""
 import asyncio, json, sys, time
 from snakepit_nb.orchestrator.launcher import LocalProcessLauncher, WorkerSpec
 from snakepit_nb.orchestrator.process_registry import ProcessRegistry
-from test_launcher_standin import real_worker_argv, real_worker_env, start_standin_orchestrator
+from launcher_standin import real_worker_argv, real_worker_env, start_standin_orchestrator
 
 run_id, registry_dir, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3])
 token = "ports-token-" + run_id

@@ -24,7 +24,7 @@ import grpc
 import grpc.aio
 import psutil
 import pytest
-from test_launcher_standin import (
+from launcher_standin import (
     is_loopback,
     pid_exists,
     pid_running,
@@ -163,7 +163,7 @@ FAKE_KERNEL = r"""
 import asyncio, json, sys
 from snakepit_nb.orchestrator.launcher import LocalProcessLauncher, WorkerSpec
 from snakepit_nb.orchestrator.process_registry import ProcessRegistry
-from test_launcher_standin import real_worker_argv, real_worker_env, start_standin_orchestrator
+from launcher_standin import real_worker_argv, real_worker_env, start_standin_orchestrator
 
 run_id, registry_dir, token = sys.argv[1:4]
 

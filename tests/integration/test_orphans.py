@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_launcher_standin import (
+from launcher_standin import (
     pid_running,
     processes_with_marker,
     standin_argv,

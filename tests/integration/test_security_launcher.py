@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_launcher_standin import is_loopback, processes_with_marker, standin_argv
+from launcher_standin import is_loopback, processes_with_marker, standin_argv
 
 from snakepit_nb.orchestrator.launcher import LocalProcessLauncher, LocalWorker, WorkerSpec
 from snakepit_nb.orchestrator.process_registry import ProcessRegistry

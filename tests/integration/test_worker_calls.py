@@ -135,7 +135,9 @@ def test_a_raising_tool_reports_type_message_traceback_and_the_worker_stays(
     # The traceback starts in the tool, not in the worker's dispatch code.
     assert "invocation.py" not in payload["traceback"]
     assert payload["context"]["tool_name"] == "fail"
-    pong = worker.run(worker.stub.Ping(pb.PingRequest(), metadata=worker.metadata, timeout=10))
+    pong = worker.run(
+        lambda: worker.stub.Ping(pb.PingRequest(), metadata=worker.metadata, timeout=10)
+    )
     assert pong.pid == worker.pid
     assert worker.call("add", a=2, b=3) == 5
 
@@ -225,7 +227,7 @@ def test_sync_tools_run_off_the_loop_and_in_parallel(worker: WorkerProcess) -> N
     )
     # While four sync tools block their threads, the loop still answers at once.
     ping_started = time.monotonic()
-    worker.run(worker.stub.Ping(pb.PingRequest(), metadata=worker.metadata, timeout=5))
+    worker.run(lambda: worker.stub.Ping(pb.PingRequest(), metadata=worker.metadata, timeout=5))
     assert time.monotonic() - ping_started < 0.9
     replies = channel.receive(4, timeout=20)
     assert all(r.response.success for r in replies.values())

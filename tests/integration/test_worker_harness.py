@@ -45,7 +45,11 @@ REPO = Path(__file__).resolve().parents[2]
 READY_DEADLINE = 30.0  # generous: other test suites share the 2 cores
 
 
-async def _wrap(awaitable: Awaitable[T]) -> T:
+async def _wrap(awaitable: Awaitable[T] | Callable[[], Awaitable[T]]) -> T:
+    # A gRPC call object must be created on the loop it runs on: callers pass a factory
+    # (``lambda: stub.Ping(...)``) so the call is made here, on the harness loop.
+    if callable(awaitable):
+        awaitable = awaitable()
     return await awaitable
 
 
@@ -107,8 +111,8 @@ class Harness:
         await self.server.start()
         return f"127.0.0.1:{port}"
 
-    def run(self, awaitable: Awaitable[T], timeout: float = 60.0) -> T:
-        """Await ``awaitable`` (a coroutine or a gRPC call) on the loop thread."""
+    def run(self, awaitable: Awaitable[T] | Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
+        """Await ``awaitable`` (a coroutine, or a factory of a gRPC call) on the loop thread."""
         return self.loop_thread.run(_wrap(awaitable), timeout=timeout)
 
     def close(self) -> None:
@@ -141,7 +145,7 @@ class WorkerProcess:
     async def _open(self) -> grpc.aio.Channel:
         return grpc.aio.insecure_channel(self.address)
 
-    def run(self, awaitable: Awaitable[T], timeout: float = 60.0) -> T:
+    def run(self, awaitable: Awaitable[T] | Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
         return self.harness.run(awaitable, timeout)
 
     def stderr(self) -> str:
@@ -164,7 +168,7 @@ class WorkerProcess:
 
     def execute(self, tool: str, /, **kwargs: object) -> pb.ExecuteToolResponse:
         request = self.request(tool, **kwargs)
-        return self.run(self.stub.ExecuteTool(request, metadata=self.metadata, timeout=30))
+        return self.run(lambda: self.stub.ExecuteTool(request, metadata=self.metadata, timeout=30))
 
     def call(self, tool: str, /, **kwargs: object) -> object:
         response = self.execute(tool, **kwargs)
@@ -196,7 +200,7 @@ class WorkerProcess:
 
     def define(self, source: str, function: str = "", **fields: Any) -> pb.DefineToolResponse:
         request = pb.DefineToolRequest(source=source, function=function, **fields)
-        return self.run(self.stub.DefineTool(request, metadata=self.metadata, timeout=30))
+        return self.run(lambda: self.stub.DefineTool(request, metadata=self.metadata, timeout=30))
 
     # ------------------------------------------------------------------ stopping
 
@@ -340,7 +344,7 @@ _worker = pytest.fixture(scope="module", name="worker")(worker_fixture)
 
 def test_worker_serves_ping_with_its_identity(harness: Harness, worker: WorkerProcess) -> None:
     response = worker.run(
-        worker.stub.Ping(pb.PingRequest(message="hi"), metadata=worker.metadata, timeout=10)
+        lambda: worker.stub.Ping(pb.PingRequest(message="hi"), metadata=worker.metadata, timeout=10)
     )
     assert response.pid == worker.pid
     assert response.worker_id == "w1"

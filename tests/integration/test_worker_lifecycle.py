@@ -45,7 +45,9 @@ def run_to_exit(argv: list[str], env: dict[str, str], timeout: float = 30.0) -> 
 def test_sigint_is_ignored(worker: WorkerProcess) -> None:
     os.kill(worker.pid, signal.SIGINT)
     for _ in range(3):
-        pong = worker.run(worker.stub.Ping(pb.PingRequest(), metadata=worker.metadata, timeout=5))
+        pong = worker.run(
+            lambda: worker.stub.Ping(pb.PingRequest(), metadata=worker.metadata, timeout=5)
+        )
         assert pong.pid == worker.pid
     assert worker.alive()
 
@@ -103,7 +105,9 @@ def test_worker_dies_within_a_second_when_its_parent_is_killed(
         from snakepit_nb.protocol import pb_grpc
 
         w.stub = pb_grpc.BridgeServiceStub(w.channel)
-        worker_pid = w.run(w.stub.Ping(pb.PingRequest(), metadata=w.metadata, timeout=10)).pid
+        worker_pid = w.run(
+            lambda: w.stub.Ping(pb.PingRequest(), metadata=w.metadata, timeout=10)
+        ).pid
         harness.run(w.channel.close(None))
         assert pid_alive(worker_pid)
         parent.kill()

@@ -24,7 +24,9 @@ _worker = pytest.fixture(scope="module", name="worker")(worker_fixture)
 
 
 def describe(w: WorkerProcess) -> pb.DescribeToolsResponse:
-    return w.run(w.stub.DescribeTools(pb.DescribeToolsRequest(), metadata=w.metadata, timeout=10))
+    return w.run(
+        lambda: w.stub.DescribeTools(pb.DescribeToolsRequest(), metadata=w.metadata, timeout=10)
+    )
 
 
 def test_describe_tools_reports_signatures_and_docstrings(worker: WorkerProcess) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from snakepit_nb._errors import NotFoundError, VersionConflictError
+from snakepit_nb.orchestrator.variables_types import infer_type
 
 __all__ = ["Definition", "Entry", "VariableStore"]
 
@@ -89,7 +90,7 @@ class VariableStore:
         for name, value in values.items():
             if name in existing:
                 continue
-            spec = definitions.get(name) or Definition(_infer_type(value))
+            spec = definitions.get(name) or Definition(infer_type(value))
             constraints = dict(spec.constraints or {})
             if spec.description:
                 constraints["description"] = spec.description
@@ -113,17 +114,3 @@ class VariableStore:
             written = await self._vars.aset_many(remaining, atomic=True)
             versions.update({k: int(v) for k, v in written.items() if isinstance(v, int)})
         return versions
-
-
-def _infer_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "list"
-    return "map"

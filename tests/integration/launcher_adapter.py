@@ -1,6 +1,6 @@
 """A minimal adapter for the real-worker launcher tests (no tests here).
 
-The worker imports it as ``test_launcher_adapter:LauncherTestAdapter`` with this directory on
+The worker imports it as ``launcher_adapter:LauncherTestAdapter`` with this directory on
 its PYTHONPATH, so the launcher tests do not depend on the showcase adapter.
 """
 

@@ -80,7 +80,7 @@ def processes_with_marker(run_id: str) -> list[int]:
     return found
 
 
-REAL_ADAPTER = "test_launcher_adapter:LauncherTestAdapter"
+REAL_ADAPTER = "launcher_adapter:LauncherTestAdapter"
 HERE = str(Path(__file__).resolve().parent)
 
 
