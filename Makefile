@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
-.PHONY: demo test lint typecheck stubs-check check bench clean
+.PHONY: demo test lint typecheck stubs-check check bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,18 @@ stubs-check: $(STAMP)
 
 check: lint typecheck stubs-check
 
+# Side-by-side benchmarks (JSON); the full run updates benchmarks/results/.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python benchmarks/bench_calls.py
+	$(BIN)/python benchmarks/bench_variables.py > benchmarks/results/bench_variables.json
+	$(BIN)/python benchmarks/bench_codec.py > benchmarks/results/bench_codec.json
+
+# A smoke run of the same benchmarks (under a minute); results go to $(ARTIFACTS)/.
+bench-quick: $(STAMP)
+	mkdir -p $(ARTIFACTS)
+	$(BIN)/python benchmarks/bench_calls.py --quick --no-ipyparallel --out $(ARTIFACTS)/bench_calls.json > /dev/null
+	$(BIN)/python benchmarks/bench_variables.py --n 300 --seconds 1 > $(ARTIFACTS)/bench_variables.json
+	@echo "benchmark smoke results are in $(ARTIFACTS)/"
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache

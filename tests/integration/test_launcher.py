@@ -91,7 +91,7 @@ def spec(worker_id: str = "w1", *flags: str, timeout: float = 20.0, **env: str) 
         ("[::]:8080", "127.0.0.1:8080"),
         ("localhost:9", "127.0.0.1:9"),
         ("[::1]:9", "[::1]:9"),
-        ("unix:/tmp/x/w1.sock", "unix:/tmp/x/w1.sock"),
+        ("unix:/run/snakepit/w1.sock", "unix:/run/snakepit/w1.sock"),
         ("", None),
         ("  \n", None),
     ],
