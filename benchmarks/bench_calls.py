@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -224,7 +225,10 @@ def peer_ipyparallel(n: int) -> dict[str, Any]:
             deadline = time.monotonic() + 90
             while client is None:
                 try:
-                    client = ipp.Client(profile_dir=profile_dir, timeout=5)
+                    # ipyparallel prints "Waiting for connection file" on stdout, where our
+                    # JSON goes: send its chatter to stderr.
+                    with contextlib.redirect_stdout(sys.stderr):
+                        client = ipp.Client(profile_dir=profile_dir, timeout=5)
                 except (OSError, TimeoutError):
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise

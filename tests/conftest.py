@@ -52,3 +52,14 @@ def client_factory() -> Iterator[Callable[..., Any]]:
 def showcase_client(client_factory: Callable[..., Any]) -> Any:
     """One showcase worker (``snakepit_nb.adapters.showcase:ShowcaseAdapter``)."""
     return client_factory(workers=1)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Name the folder of the browser tests' screenshots (the CI artifacts) at the end."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    shots = Path(os.environ.get("SNAKEPIT_NB_ARTIFACTS", root / "artifacts")) / "browser"
+    if shots.is_dir() and any(shots.glob("*.png")):
+        terminalreporter.write_line(f"browser screenshots: {shots}")
