@@ -63,6 +63,13 @@ class ShowcaseAdapter(Adapter):
         return
 
     @tool(idempotent=True)
+    async def anoop(self) -> None:
+        """Do nothing, on the worker's event loop: the cost of an async call itself.
+
+        Async tools overlap in a worker (up to ``async_capacity``), sync tools do not.
+        """
+
+    @tool(idempotent=True)
     def whoami(self, ctx: SessionContext) -> dict[str, Any]:
         """Which worker runs this call: its worker id, process id and the session's id."""
         return {"worker_id": ctx.worker_id, "pid": os.getpid(), "session_id": ctx.session_id}

@@ -212,7 +212,7 @@ class _Mapper:
                 except ChannelBrokenError:
                     self.chunks.appendleft(chunk)
                     continue
-                handle.in_flight += 1
+                handle.sync_in_flight += 1  # map batches count as sync calls
                 self.per_worker[handle.worker_id] += 1
                 self.pending[future] = (handle, call_id, chunk)
                 progress = True

@@ -53,7 +53,11 @@ class Config:
             Snakepit ``grpc_server.py``); the launch-contract flags are appended.
         env: extra environment variables for the workers.
         cwd: working directory of the workers (default: the kernel's).
-        capacity: concurrent calls per worker.
+        capacity: concurrent calls of sync tools per worker (they run in worker threads;
+            the default 1 means a worker never runs two of them at once).
+        async_capacity: concurrent calls of async tools per worker (coroutine functions and
+            async generators), on the worker's event loop; sync tools are limited by
+            ``capacity``.
 
     Time limits (seconds):
         startup_timeout: how long a worker may take to become ready.
@@ -97,6 +101,7 @@ class Config:
     call_timeout: float | None = None
     max_queue: int = 1024
     capacity: int = 1
+    async_capacity: int = 64
     session_ttl: float = 3600.0
     max_sessions: int = 10_000
     state: str | None = None
@@ -119,6 +124,7 @@ class Config:
     def __post_init__(self) -> None:
         self._check_int("workers", self.workers, 1, 256)
         self._check_int("capacity", self.capacity, 1, 10_000)
+        self._check_int("async_capacity", self.async_capacity, 1, 10_000)
         self._check_int("max_queue", self.max_queue, 0, 10_000_000)
         self._check_int("max_sessions", self.max_sessions, 1, 10_000_000)
         self._check_int("heartbeat_misses", self.heartbeat_misses, 1, 1000)

@@ -9,8 +9,11 @@ Affinity modes:
   objects that live in that process. Calls wait for that worker; if it died or was recycled the
   call fails with :class:`SessionWorkerGoneError`, because the objects are lost.
 
-When no worker has free capacity the call waits in one FIFO queue of at most ``max_queue``
-calls; past that, :class:`PoolSaturatedError` (RESOURCE_EXHAUSTED).
+Each worker has two kinds of slots: ``capacity`` for sync tools (they run in worker threads)
+and ``async_capacity`` for async tools (coroutine functions and async generators, which run on
+the worker's event loop); a call takes a slot of its tool's kind. When no worker has a free
+slot of that kind the call waits in a FIFO queue (one per kind; at most ``max_queue`` calls
+queued in all); past that, :class:`PoolSaturatedError` (RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class _Waiter:
     only: WorkerHandle | None  # strict affinity: this slot, this incarnation
     incarnation: int
     prefer: str | None
+    is_async: bool
 
 
 class Dispatcher:
@@ -57,7 +61,12 @@ class Dispatcher:
         self._handles = list(handles)
         self._by_id = {h.worker_id: h for h in self._handles}
         self.max_queue = max_queue
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        # Queued calls, one FIFO per kind of slot (index: is_async), so a call waiting for a
+        # sync slot never holds up one that could take a free async slot, and back.
+        self._queues: tuple[collections.deque[_Waiter], collections.deque[_Waiter]] = (
+            collections.deque(),
+            collections.deque(),
+        )
         self._strict: dict[str, tuple[str, int]] = {}
         self._hints: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._rotation = 0
@@ -65,24 +74,32 @@ class Dispatcher:
 
     @property
     def queue_length(self) -> int:
-        return sum(1 for w in self._waiters if not w.future.done())
+        return sum(1 for queue in self._queues for w in queue if not w.future.done())
+
+    def _all_waiters(self) -> list[_Waiter]:
+        return [w for queue in self._queues for w in queue]
 
     # ------------------------------------------------------------------ acquiring
 
-    async def acquire(self, session_id: str, affinity: str) -> WorkerHandle:
-        """A READY worker with a free slot, its ``in_flight`` already counted.
+    async def acquire(
+        self, session_id: str, affinity: str, *, is_async: bool = False
+    ) -> WorkerHandle:
+        """A READY worker with a free slot of the kind asked for, already counted as taken.
 
-        The caller must call :meth:`release` when the call is over. Wrap in a timeout for a
-        deadline; cancellation while queued removes the call from the queue.
+        ``is_async``: the call is of an async tool (takes an ``async_capacity`` slot).
+        The caller must call :meth:`release` with the same kind when the call is over. Wrap
+        in a timeout for a deadline; cancellation while queued removes the call from the queue.
         """
         if self.closed:
             raise ClosedError("the pool is closed; start a new one with sp.start()")
         only, incarnation = self._strict_target(session_id, affinity)
         prefer = self._hints.get(session_id) if affinity == "hint" else None
-        if not self._waiters:
-            handle = self._pick(only, incarnation, prefer)
+        queue = self._queues[is_async]
+        if not queue:
+            handle = self._pick(only, incarnation, prefer, is_async)
             if handle is not None:
-                self._take(handle, session_id, affinity)
+                handle.take_slot(is_async)
+                self._bind(handle, session_id, affinity)
                 return handle
         self._check_can_ever_run(only)
         if self.queue_length >= self.max_queue:
@@ -91,31 +108,34 @@ class Dispatcher:
                 "wait for results or start more workers"
             )
         future: asyncio.Future[WorkerHandle] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(future, session_id, only, incarnation, prefer)
-        self._waiters.append(waiter)
+        waiter = _Waiter(future, session_id, only, incarnation, prefer, is_async)
+        queue.append(waiter)
         self.pump()
         try:
             handle = await future
         except BaseException:
             if future.done() and not future.cancelled() and future.exception() is None:
                 # Handed a slot at the same moment we were cancelled: give it back.
-                self.release(future.result())
+                self.release(future.result(), is_async=is_async)
             else:
                 future.cancel()
             raise
-        self._take(handle, session_id, affinity, counted=True)
+        self._bind(handle, session_id, affinity)
         return handle
 
-    def release(self, handle: WorkerHandle) -> None:
-        """A call on ``handle`` is over: free its slot and hand it to the next waiter."""
-        if handle.in_flight > 0:
-            handle.in_flight -= 1
-        if self._waiters:
+    def release(self, handle: WorkerHandle, *, is_async: bool = False) -> None:
+        """A call on ``handle`` is over: free its slot and hand free slots to waiters."""
+        handle.free_slot(is_async)
+        if self._queues[0] or self._queues[1]:
             self.pump()
 
     def pump(self) -> None:
-        """Give free slots to queued calls, oldest first."""
-        waiters = self._waiters
+        """Give free slots to queued calls, oldest first within each kind."""
+        for is_async in (False, True):
+            self._pump_queue(is_async)
+
+    def _pump_queue(self, is_async: bool) -> None:
+        waiters = self._queues[is_async]
         if not waiters:
             return
         keep: collections.deque[_Waiter] = collections.deque()
@@ -123,22 +143,23 @@ class Dispatcher:
             waiter = waiters.popleft()
             if waiter.future.done():
                 continue
-            handle = self._pick(waiter.only, waiter.incarnation, waiter.prefer)
+            handle = self._pick(waiter.only, waiter.incarnation, waiter.prefer, is_async)
             if handle is None:
                 keep.append(waiter)
-                if waiter.only is None and not self._any_free():
+                if waiter.only is None and not self._any_free(is_async):
                     break
                 continue
-            handle.in_flight += 1
+            handle.take_slot(is_async)
             waiter.future.set_result(handle)
         keep.extend(waiters)
-        self._waiters = keep
+        waiters.clear()
+        waiters.extend(keep)
 
     # ------------------------------------------------------------------ events from supervision
 
     def worker_gone(self, handle: WorkerHandle) -> None:
         """The incarnation running on ``handle`` is gone: strict waiters for it fail now."""
-        for waiter in self._waiters:
+        for waiter in self._all_waiters():
             if waiter.only is handle and not waiter.future.done():
                 waiter.future.set_exception(self._gone_error(waiter.session_id, handle))
         self.fail_if_hopeless()
@@ -148,17 +169,18 @@ class Dispatcher:
         if any(h.state not in (WorkerState.FAILED, WorkerState.STOPPED) for h in self._handles):
             return
         exc = self._failed_error()
-        for waiter in self._waiters:
-            if not waiter.future.done():
-                waiter.future.set_exception(exc)
-        self._waiters.clear()
+        self._fail_all(exc)
 
     def close(self, exc: BaseException) -> None:
         self.closed = True
-        for waiter in self._waiters:
+        self._fail_all(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for waiter in self._all_waiters():
             if not waiter.future.done():
                 waiter.future.set_exception(exc)
-        self._waiters.clear()
+        for queue in self._queues:
+            queue.clear()
 
     def forget_session(self, session_id: str) -> None:
         self._strict.pop(session_id, None)
@@ -186,15 +208,15 @@ class Dispatcher:
         return handle, bound[1]
 
     def _pick(
-        self, only: WorkerHandle | None, incarnation: int, prefer: str | None
+        self, only: WorkerHandle | None, incarnation: int, prefer: str | None, is_async: bool
     ) -> WorkerHandle | None:
         if only is not None:
-            if only.incarnation == incarnation and only.has_capacity:
+            if only.incarnation == incarnation and only.has_slot(is_async):
                 return only
             return None
         if prefer is not None:
             preferred = self._by_id.get(prefer)
-            if preferred is not None and preferred.has_capacity:
+            if preferred is not None and preferred.has_slot(is_async):
                 return preferred
         best: WorkerHandle | None = None
         n = len(self._handles)
@@ -202,20 +224,17 @@ class Dispatcher:
         self._rotation = (self._rotation + 1) % n if n else 0
         for i in range(n):
             handle = self._handles[(self._rotation + i) % n]
-            if handle.has_capacity and (best is None or handle.in_flight < best.in_flight):
+            # Least loaded counts both kinds: async calls share the worker's loop and CPU.
+            if handle.has_slot(is_async) and (best is None or handle.in_flight < best.in_flight):
                 best = handle
                 if handle.in_flight == 0:
                     break
         return best
 
-    def _any_free(self) -> bool:
-        return any(h.has_capacity for h in self._handles)
+    def _any_free(self, is_async: bool) -> bool:
+        return any(h.has_slot(is_async) for h in self._handles)
 
-    def _take(
-        self, handle: WorkerHandle, session_id: str, affinity: str, *, counted: bool = False
-    ) -> None:
-        if not counted:
-            handle.in_flight += 1
+    def _bind(self, handle: WorkerHandle, session_id: str, affinity: str) -> None:
         if affinity == "strict":
             self._strict.setdefault(session_id, (handle.worker_id, handle.incarnation))
         elif affinity == "hint" and session_id:

@@ -15,6 +15,9 @@
 Calls to our workers travel over one multiplexed call channel per worker (see
 :mod:`~snakepit_nb.orchestrator.channel`); workers that do not serve it (the published Snakepit
 worker, run with ``worker_command=[...]``) get one plain ``ExecuteTool`` RPC per call.
+Each worker runs up to ``capacity`` calls of sync tools (in its threads; 1 by default) and,
+besides, up to ``async_capacity`` calls of async tools (on its event loop), as the tool's spec
+(``async`` metadata) says; tools whose spec is unknown count as sync.
 Semantics: at-most-once by default; a call of a tool whose spec says ``idempotent`` is retried
 once on another (or the replacement) worker when its worker dies.
 
@@ -92,6 +95,7 @@ class PoolStatus:
     uptime: float
     closed: bool = False
     totals: dict[str, int] = field(default_factory=dict)
+    async_capacity: int = 64
 
     @property
     def ready(self) -> int:
@@ -122,7 +126,10 @@ class Pool:
             launcher = LocalProcessLauncher(run_id=run_id, transport=transport)
         self.launcher = launcher
         self.handles = [
-            WorkerHandle(f"w{i + 1}", capacity=config.capacity) for i in range(config.workers)
+            WorkerHandle(
+                f"w{i + 1}", capacity=config.capacity, async_capacity=config.async_capacity
+            )
+            for i in range(config.workers)
         ]
         self.dispatcher = Dispatcher(self.handles, max_queue=config.max_queue)
         self.supervisor = Supervisor(
@@ -254,14 +261,25 @@ class Pool:
             request.variables.extend(variables)
         return request
 
-    def is_idempotent(self, tool: str) -> bool:
+    def tool_spec(self, tool: str) -> pb.ToolSpec | None:
+        """The spec of a worker tool, or None while it is unknown (not registered yet)."""
         spec = self.registry.worker_tool(tool)
         if spec is None:
             for handle in self.handles:
                 spec = handle.tools.get(tool)
                 if spec is not None:
                     break
+        return spec
+
+    def is_idempotent(self, tool: str) -> bool:
+        spec = self.tool_spec(tool)
         return spec is not None and spec.metadata.get("idempotent") == "true"
+
+    def is_async_tool(self, tool: str) -> bool:
+        """Whether calls of ``tool`` take an async slot: its spec says it runs on the worker's
+        event loop. Unknown tools and foreign workers' tools count as sync (the safe side)."""
+        spec = self.tool_spec(tool)
+        return spec is not None and spec.metadata.get("async") == "true"
 
     async def _call_once(  # noqa: PLR0917
         self,
@@ -272,23 +290,28 @@ class Pool:
         affinity: str,
         deadline: float | None,
     ) -> object:
-        handle = await self.dispatcher.acquire(session_id, affinity)
+        is_async = self.is_async_tool(tool)
+        handle = await self.dispatcher.acquire(session_id, affinity, is_async=is_async)
         while handle.call_channel is not None:
             try:
-                return await self._channel_call(handle, tool, session_id, payload, deadline)
+                return await self._channel_call(
+                    handle, tool, session_id, payload, deadline, is_async=is_async
+                )
             except _NotSent:
                 # The worker's channel broke before the call left: nothing ran, so another
                 # worker (or the replacement) may take it, whatever the tool's idempotency.
-                handle = await self.dispatcher.acquire(session_id, affinity)
+                handle = await self.dispatcher.acquire(session_id, affinity, is_async=is_async)
         try:
             return await self._plain_call(handle, tool, session_id, request, deadline)
         finally:
-            self._finish(handle)
+            self._finish(handle, is_async=is_async)
 
-    def _finish(self, handle: WorkerHandle, *, calls: int = 1, errors: int = 0) -> None:
+    def _finish(
+        self, handle: WorkerHandle, *, calls: int = 1, errors: int = 0, is_async: bool = False
+    ) -> None:
         handle.calls += calls
         handle.errors += errors
-        self.dispatcher.release(handle)
+        self.dispatcher.release(handle, is_async=is_async)
         if handle.in_flight == 0 and handle.drained is not None:
             handle.drained.set()
         if self.config.recycle_after_calls is not None:
@@ -301,6 +324,8 @@ class Pool:
         session_id: str,
         payload: bytes,
         deadline: float | None,
+        *,
+        is_async: bool,
     ) -> object:
         channel = handle.call_channel
         assert channel is not None
@@ -308,10 +333,10 @@ class Pool:
         try:
             call_id, future = channel.submit(request=payload, timeout=remaining or 0.0)
         except ChannelBrokenError:
-            self._finish(handle, calls=0)
+            self._finish(handle, calls=0, is_async=is_async)
             raise _NotSent from None
         except BaseException:
-            self._finish(handle)
+            self._finish(handle, is_async=is_async)
             raise
         try:
             message = await future
@@ -320,32 +345,35 @@ class Pool:
                 # We were cancelled (deadline, interrupt): tell the worker, and keep its slot
                 # busy until it confirms the tool stopped.
                 channel.cancel(call_id)
-                channel.track(call_id).add_done_callback(lambda f: self._settle(handle, f))
+                handle.unconfirmed_cancels += 1
+                channel.track(call_id).add_done_callback(
+                    lambda f: self._settle(handle, f, is_async=is_async, confirming=True)
+                )
             else:
-                self._settle(handle, future)
+                self._settle(handle, future, is_async=is_async)
             raise
         except WorkerGone as gone:
-            self._finish(handle, errors=1)
+            self._finish(handle, errors=1, is_async=is_async)
             raise gone.error_for(tool) from None
         except ClosedError:
-            self._finish(handle, errors=1)
+            self._finish(handle, errors=1, is_async=is_async)
             raise
         kind = message.WhichOneof("body")
         if kind == "response":
             response = message.response
             if response.success:
-                self._finish(handle)
+                self._finish(handle, is_async=is_async)
                 if response.binary_result:
                     return decode_any_with_binary(response.result, response.binary_result)
                 return decode_any(response.result)
-            self._finish(handle, errors=1)
+            self._finish(handle, errors=1, is_async=is_async)
             raise remote_error_from_payload(
                 response.error_message,
                 tool_name=tool,
                 session_id=session_id,
                 worker_id=handle.worker_id,
             )
-        self._finish(handle, errors=1)
+        self._finish(handle, errors=1, is_async=is_async)
         if kind == "error":
             raise error_from_call_error(message.error)
         raise ProtocolError(
@@ -353,11 +381,20 @@ class Pool:
             "and the orchestrator disagree on the call channel contract"
         )
 
-    def _settle(self, handle: WorkerHandle, future: asyncio.Future[Any]) -> None:
+    def _settle(
+        self,
+        handle: WorkerHandle,
+        future: asyncio.Future[Any],
+        *,
+        is_async: bool = False,
+        confirming: bool = False,
+    ) -> None:
         """A cancelled call's answer (or failure) arrived: now its slot is free."""
         if not future.cancelled():
             future.exception()  # mark retrieved
-        self._finish(handle, errors=1)
+        if confirming and handle.unconfirmed_cancels > 0:
+            handle.unconfirmed_cancels -= 1
+        self._finish(handle, errors=1, is_async=is_async)
 
     async def _plain_call(
         self,
@@ -533,6 +570,7 @@ class Pool:
             queue_length=self.dispatcher.queue_length,
             max_queue=self.config.max_queue,
             capacity=self.config.capacity,
+            async_capacity=self.config.async_capacity,
             uptime=time.monotonic() - self._started_at if self._started_at else 0.0,
             closed=self._closed,
             totals=totals,

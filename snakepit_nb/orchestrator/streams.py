@@ -88,9 +88,13 @@ class StreamCall(AsyncIterator[list[object]]):
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout if self.timeout is not None else None
+        # An async generator runs on the worker's loop: it takes an async slot.
+        is_async = pool.is_async_tool(self.tool)
         try:
             async with asyncio.timeout_at(deadline):
-                handle = await pool.dispatcher.acquire(self.session_id, self.affinity)
+                handle = await pool.dispatcher.acquire(
+                    self.session_id, self.affinity, is_async=is_async
+                )
         except TimeoutError as exc:
             raise self._timeout_error() from exc
         self.worker_id = handle.worker_id
@@ -131,7 +135,7 @@ class StreamCall(AsyncIterator[list[object]]):
             handle.remove_op(op)
             if not call.done():
                 call.cancel()
-            pool._finish(handle, errors=1 if failed else 0)
+            pool._finish(handle, errors=1 if failed else 0, is_async=is_async)
 
     def _decode(self, chunk: pb.ToolChunk) -> list[object]:
         if chunk.batch_count or chunk.batch:

@@ -348,6 +348,8 @@ class Supervisor:
             try:
                 await self._launch_and_connect(handle)
                 return
+            except ClosedError:
+                return  # the pool is closing (or was abandoned): nothing to restart
             except StartupError as exc:
                 if self.closing:
                     return

@@ -76,9 +76,12 @@ def describe_exit(code: int | None) -> str:
 class WorkerHandle:
     """The pool's view of one worker slot (all methods run on the loop thread)."""
 
-    def __init__(self, worker_id: str, *, capacity: int) -> None:
+    def __init__(self, worker_id: str, *, capacity: int, async_capacity: int = 64) -> None:
         self.worker_id = worker_id
+        # Two kinds of slots: sync tools run in worker threads (``capacity``, 1 by default, so
+        # they never overlap unless asked); async tools run on the worker's event loop.
         self.capacity = capacity
+        self.async_capacity = async_capacity
         self.state = WorkerState.STARTING
         self.incarnation = 0
         self.launched: LaunchedWorker | None = None
@@ -88,7 +91,12 @@ class WorkerHandle:
         self.foreign = False
         self.pid: int | None = None
         self.address = ""
-        self.in_flight = 0
+        self.sync_in_flight = 0
+        self.async_in_flight = 0
+        # Calls cancelled by their caller whose stop the worker has not confirmed yet. While
+        # any is left the slot takes no new call of either kind: a worker that cannot even
+        # answer a cancel may have a hung event loop (the heartbeat watch then replaces it).
+        self.unconfirmed_cancels = 0
         self.calls = 0
         self.errors = 0
         self.restarts = 0
@@ -116,13 +124,41 @@ class WorkerHandle:
         return self.state is WorkerState.READY
 
     @property
-    def has_capacity(self) -> bool:
+    def in_flight(self) -> int:
+        """Calls running on this slot, both kinds."""
+        return self.sync_in_flight + self.async_in_flight
+
+    def has_slot(self, is_async: bool) -> bool:
+        """Whether a new call of this kind (async tool or not) may start here now."""
+        if is_async:
+            free = self.async_in_flight < self.async_capacity
+        else:
+            free = self.sync_in_flight < self.capacity
         channel = self.call_channel
         return (
-            self.state is WorkerState.READY
-            and self.in_flight < self.capacity
+            free
+            and self.state is WorkerState.READY
+            and not self.unconfirmed_cancels
             and (channel is None or not channel.broken)
         )
+
+    @property
+    def has_capacity(self) -> bool:
+        """Whether a sync call may start here now."""
+        return self.has_slot(False)
+
+    def take_slot(self, is_async: bool) -> None:
+        if is_async:
+            self.async_in_flight += 1
+        else:
+            self.sync_in_flight += 1
+
+    def free_slot(self, is_async: bool) -> None:
+        if is_async:
+            if self.async_in_flight > 0:
+                self.async_in_flight -= 1
+        elif self.sync_in_flight > 0:
+            self.sync_in_flight -= 1
 
     def new_incarnation(self) -> None:
         self.incarnation += 1

@@ -235,6 +235,9 @@ class ToolDefinition:
         metadata = {
             "idempotent": "true" if self.idempotent else "false",
             "supports_streaming": "true" if self.stream is not StreamKind.NONE else "false",
+            # Runs on the worker's event loop (coroutine function or async generator): the pool
+            # counts such calls against `async_capacity`, not the sync `capacity`.
+            "async": "true" if self.is_async else "false",
             **self.metadata,
         }
         if self.required_variables:

@@ -97,18 +97,72 @@ def test_capacity_allows_concurrent_calls_per_worker(make: Callable[..., Any]) -
     client = make(workers=1, capacity=3)
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as executor:
         futures = [
-            executor.submit(client.session(f"cap-{i}").call, "slow", seconds=1.0) for i in range(3)
+            executor.submit(client.session(f"cap-{i}").call, "sleep_sync", seconds=1.0)
+            for i in range(3)
         ]
         wait_until(lambda: in_flight(client) == {"w1": 3}, 5.0, "three calls on one worker")
         assert client.status().pool.queue_length == 0
-        assert [f.result(timeout=10) for f in futures] == ["done"] * 3
+        assert [f.result(timeout=10) for f in futures] == ["slept"] * 3
+
+
+def run_concurrently(client: Any, tool: str, n: int, **kwargs: Any) -> tuple[list[Any], float]:
+    """``n`` calls of ``tool`` at once (one thread each); their results and the wall time."""
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as executor:
+        futures = [
+            executor.submit(client.session(f"{tool}-{i}").call, tool, **kwargs) for i in range(n)
+        ]
+        results = [f.result(timeout=60) for f in futures]
+    return results, time.monotonic() - started
+
+
+def test_async_tools_overlap_beyond_the_sync_capacity(make: Callable[..., Any]) -> None:
+    # Default config: capacity=1 (sync), async_capacity=64. 20 x 0.5 s of an async tool on 2
+    # workers take ~0.5 s when they overlap; one at a time per worker would take 5 s.
+    client = make(workers=2)
+    pool = client.status().pool
+    assert (pool.capacity, pool.async_capacity) == (1, 64)
+    results, elapsed = run_concurrently(client, "slow", 20, seconds=0.5)
+    assert results == ["done"] * 20
+    assert elapsed < 3.0
+    assert client.status().pool.totals["in_flight"] == 0
+
+
+def test_async_calls_do_not_take_the_sync_slot(make: Callable[..., Any]) -> None:
+    client = make(workers=1)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
+        waiting = [
+            executor.submit(client.session(f"a{i}").call, "slow", seconds=1.5) for i in range(3)
+        ]
+        wait_until(lambda: in_flight(client) == {"w1": 3}, 5.0, "three async calls to run")
+        # The sync slot is still free: a sync call runs at once, nothing queues.
+        started = time.monotonic()
+        assert client.session("sync").call("sleep_sync", seconds=0.1) == "slept"
+        assert time.monotonic() - started < 1.2
+        assert client.status().pool.queue_length == 0
+        assert [f.result(timeout=10) for f in waiting] == ["done"] * 3
+
+
+def test_sync_tools_still_run_one_at_a_time_per_worker(make: Callable[..., Any]) -> None:
+    client = make(workers=1)
+    results, elapsed = run_concurrently(client, "sleep_sync", 4, seconds=0.3)
+    assert results == ["slept"] * 4
+    assert elapsed >= 4 * 0.3
+
+
+def test_async_capacity_one_serialises_async_tools(make: Callable[..., Any]) -> None:
+    client = make(workers=1, async_capacity=1)
+    assert client.status().pool.async_capacity == 1
+    results, elapsed = run_concurrently(client, "slow", 4, seconds=0.3)
+    assert results == ["done"] * 4
+    assert elapsed >= 4 * 0.3
 
 
 def test_bounded_queue_says_pool_saturated(make: Callable[..., Any]) -> None:
     client = make(workers=1, max_queue=2)
     s = client.session("busy")
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as executor:
-        running = executor.submit(s.call, "slow", seconds=1.5)
+        running = executor.submit(s.call, "sleep_sync", seconds=1.5)
         wait_until(lambda: in_flight(client) == {"w1": 1}, 5.0, "the first call to run")
         queued = [executor.submit(s.call, "add", a=i, b=0) for i in range(2)]
         wait_until(lambda: client.status().pool.queue_length == 2, 5.0, "two queued calls")
@@ -117,7 +171,7 @@ def test_bounded_queue_says_pool_saturated(make: Callable[..., Any]) -> None:
         assert str(info.value) == (
             "pool saturated: 2 calls queued (max_queue=2); wait for results or start more workers"
         )
-        assert running.result(timeout=10) == "done"
+        assert running.result(timeout=10) == "slept"
         assert [f.result(timeout=10) for f in queued] == [0, 1]
     assert s.call("add", a=1, b=1) == 2
 
@@ -155,11 +209,11 @@ def test_strict_affinity_waits_for_its_busy_worker(make: Callable[..., Any]) -> 
     strict = client.session("pinned", strict_affinity=True)
     home = strict.call("whoami")["worker_id"]
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as executor:
-        first = executor.submit(strict.call, "slow", seconds=0.8)
+        first = executor.submit(strict.call, "sleep_sync", seconds=0.8)
         wait_until(lambda: in_flight(client)[home] == 1, 5.0, "the first call to run")
         second = executor.submit(strict.call, "whoami")
         wait_until(lambda: client.status().pool.queue_length == 1, 5.0, "the second to queue")
-        assert first.result(timeout=10) == "done"
+        assert first.result(timeout=10) == "slept"
         assert second.result(timeout=10)["worker_id"] == home
 
 
@@ -239,6 +293,29 @@ def test_closing_a_stream_closes_the_generator(
     wait_until(lambda: Path(marker + ".closed").exists(), 5.0, "the generator's finally")
     wait_until(lambda: in_flight(client) == {"w1": 0}, 5.0, "the slot to be released")
     assert client.session("s").call("add", a=1, b=1) == 2
+
+
+def test_async_generator_streams_take_async_slots(
+    make: Callable[..., Any], run_on_loop: Callable[[Any], Any]
+) -> None:
+    client = make(workers=1)
+    pool = client.orchestrator.pool
+    handle = pool.handles[0]
+
+    async def sync_call_during_streams() -> tuple[int, int, object, int]:
+        streams = [
+            pool.stream("s", "ticks", {"n": 10_000, "delay": 0.01}, timeout=None) for _ in range(2)
+        ]
+        for stream in streams:
+            await anext(stream)  # both running on the one worker
+        counts = (handle.async_in_flight, handle.sync_in_flight)
+        # The sync slot is free: a sync call does not queue behind the streams.
+        result = await pool.call("s", "add", {"a": 2, "b": 3}, timeout=10.0)
+        for stream in streams:
+            await stream.aclose()
+        return (*counts, result, handle.in_flight)
+
+    assert run_on_loop(sync_call_during_streams()) == (2, 0, 5, 0)
 
 
 def test_stream_deadline(make: Callable[..., Any]) -> None:

@@ -118,8 +118,12 @@ def test_closing_a_stream_early_runs_the_generators_finally(
         return got
 
     assert worker.run(read_two_then_cancel()) == [0, 1]
-    wait_for(marker.exists, 5.0, f"{tool}'s finally block to run after the cancel")
-    assert marker.read_text() == "closed"
+    # The finally block opens the file, then writes: wait for the content, not the name.
+    wait_for(
+        lambda: marker.exists() and marker.read_text() == "closed",
+        5.0,
+        f"{tool}'s finally block to run after the cancel",
+    )
 
 
 def test_tool_error_mid_stream_ends_internal_with_the_payload(worker: WorkerProcess) -> None:

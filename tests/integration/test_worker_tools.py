@@ -47,6 +47,8 @@ def test_describe_tools_reports_signatures_and_docstrings(worker: WorkerProcess)
     assert add.parameters[0].description == "the first number."
     assert add.metadata["idempotent"] == "true"
     assert add.metadata["source"] == "adapter"
+    assert tools["slow"].metadata["async"] == "true"  # coroutine function
+    assert tools["sleep_sync"].metadata["async"] == "false"
     count = tools["count"]
     assert count.supports_streaming
     # ctx is injected by the worker: not a parameter callers see.

@@ -102,6 +102,10 @@ def test_streaming_detection_ctx_injection_and_options() -> None:
     assert spec.metadata["idempotent"] == "true"
     assert tools()["lines"].stream is StreamKind.SYNC
     assert tools()["add"].stream is StreamKind.NONE
+    # The pool counts calls of async tools against async_capacity, the others against capacity.
+    assert spec.metadata["async"] == "true"  # async generator
+    assert tools()["lines"].spec().metadata["async"] == "false"  # sync generator
+    assert tools()["add"].spec().metadata["async"] == "false"
     assert tools()["extra"].ctx_param == "ctx"  # named ctx, unannotated
 
 

@@ -21,6 +21,8 @@ def test_defaults_are_usable() -> None:
     assert config.auth is True
     assert config.call_timeout is None
     assert dict(config.env) == {}
+    assert config.capacity == 1
+    assert config.async_capacity == 64
 
 
 def test_frozen_and_replace_revalidates() -> None:
@@ -48,6 +50,9 @@ def test_unknown_setting_suggests_the_right_name() -> None:
         ({"workers": 2.5}, "workers must be an integer"),
         ({"workers": True}, "workers must be an integer"),
         ({"capacity": 0}, "capacity=0 is out of range"),
+        ({"async_capacity": 0}, "async_capacity=0 is out of range"),
+        ({"async_capacity": 10_001}, "async_capacity=10001 is out of range"),
+        ({"async_capacity": 1.5}, "async_capacity must be an integer"),
         ({"max_queue": -1}, "max_queue=-1 is out of range"),
         ({"startup_timeout": 0}, "startup_timeout=0 is not usable"),
         ({"startup_timeout": math.inf}, "positive, finite"),
