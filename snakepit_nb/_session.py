@@ -254,7 +254,8 @@ class AsyncSession:
         orch.sessions.get(self.session_id)
         if not items:
             return []
-        if orch.is_kernel_call(tool):
+        kernel = orch.is_kernel_call(tool)
+        if kernel:
             outcomes = await asyncio.gather(
                 *(self._call_kernel(tool, kw, limit) for kw in items), return_exceptions=True
             )
@@ -270,7 +271,7 @@ class AsyncSession:
                 if first_error is None:
                     first_error = value
             values.append(value)
-        if not orch.is_kernel_call(tool):  # kernel items were counted one by one
+        if not kernel:  # kernel items were counted one by one
             orch.sessions.record_call(self.session_id, calls=len(values), failures=failures)
         if first_error is not None and not return_exceptions:
             raise first_error
