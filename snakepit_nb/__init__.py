@@ -48,10 +48,10 @@ from snakepit_nb._errors import (
 )
 
 if TYPE_CHECKING:
-    from snakepit_nb._session import AsyncSession, Session, SessionInfo
-    from snakepit_nb._stream import AsyncStream, Stream
-    from snakepit_nb._variables_api import AsyncVariables, Variables
-    from snakepit_nb.client import AsyncClient, Client, ClientStatus, astart, start
+    from snakepit_nb.client.clients import AsyncClient, Client, ClientStatus, astart, start
+    from snakepit_nb.client.sessions import AsyncSession, Session, SessionInfo
+    from snakepit_nb.client.streams import AsyncStream, Stream
+    from snakepit_nb.client.variables import AsyncVariables, Variables
     from snakepit_nb.orchestrator.config import Config
     from snakepit_nb.orchestrator.registry import ParameterInfo, ToolSpec
     from snakepit_nb.worker.adapter import Adapter, tool
@@ -108,18 +108,18 @@ __all__ = [
 
 # Public name -> the module that defines it, imported on first access.
 _LAZY = {
-    "start": "snakepit_nb.client",
-    "astart": "snakepit_nb.client",
-    "Client": "snakepit_nb.client",
-    "AsyncClient": "snakepit_nb.client",
-    "ClientStatus": "snakepit_nb.client",
-    "Session": "snakepit_nb._session",
-    "AsyncSession": "snakepit_nb._session",
-    "SessionInfo": "snakepit_nb._session",
-    "Stream": "snakepit_nb._stream",
-    "AsyncStream": "snakepit_nb._stream",
-    "Variables": "snakepit_nb._variables_api",
-    "AsyncVariables": "snakepit_nb._variables_api",
+    "start": "snakepit_nb.client.clients",
+    "astart": "snakepit_nb.client.clients",
+    "Client": "snakepit_nb.client.clients",
+    "AsyncClient": "snakepit_nb.client.clients",
+    "ClientStatus": "snakepit_nb.client.clients",
+    "Session": "snakepit_nb.client.sessions",
+    "AsyncSession": "snakepit_nb.client.sessions",
+    "SessionInfo": "snakepit_nb.client.sessions",
+    "Stream": "snakepit_nb.client.streams",
+    "AsyncStream": "snakepit_nb.client.streams",
+    "Variables": "snakepit_nb.client.variables",
+    "AsyncVariables": "snakepit_nb.client.variables",
     "Config": "snakepit_nb.orchestrator.config",
     "ToolSpec": "snakepit_nb.orchestrator.registry",
     "ParameterInfo": "snakepit_nb.orchestrator.registry",

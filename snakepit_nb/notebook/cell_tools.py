@@ -17,7 +17,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from snakepit_nb.client import is_generator_def
+from snakepit_nb.client.clients import is_generator_def
 
 CELL_FILENAME = "<snakepit_tool cell>"
 

@@ -22,16 +22,16 @@ from snakepit_nb._errors import ClosedError
 from snakepit_nb.orchestrator.config import Config
 from snakepit_nb.orchestrator.kernel_tools import KernelTools
 from snakepit_nb.orchestrator.registry import ToolRegistry
-from snakepit_nb.orchestrator.server import BridgeServer, OrchestratorServicer
+from snakepit_nb.orchestrator.server.bridge import BridgeServer, OrchestratorServicer
 from snakepit_nb.orchestrator.sessions import SessionStore
 from snakepit_nb.orchestrator.telemetry import TelemetryEvent, TelemetryHub
-from snakepit_nb.orchestrator.variables import VariableStores
+from snakepit_nb.orchestrator.variables.stores import VariableStores
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.auth import new_token
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.launcher import Launcher
-    from snakepit_nb.orchestrator.pool import Pool
+    from snakepit_nb.orchestrator.launch.local import Launcher
+    from snakepit_nb.orchestrator.pool.pool import Pool
 
 __all__ = ["Orchestrator"]
 
@@ -140,7 +140,7 @@ class Orchestrator:
         log.debug("orchestrator %s serving on %s", self.run_id, self.address)
 
     async def _start_pool(self) -> None:
-        from snakepit_nb.orchestrator.pool import Pool
+        from snakepit_nb.orchestrator.pool.pool import Pool
 
         pool = Pool(
             self.config,

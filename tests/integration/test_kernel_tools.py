@@ -16,7 +16,7 @@ import pytest
 
 import snakepit_nb as sp
 from snakepit_nb._loop import get_loop_thread
-from snakepit_nb.client import AsyncClient, Client
+from snakepit_nb.client.clients import AsyncClient, Client
 from snakepit_nb.orchestrator.config import Config
 from snakepit_nb.orchestrator.orchestrator import Orchestrator
 

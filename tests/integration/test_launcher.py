@@ -27,7 +27,7 @@ from launcher_standin import (
 )
 
 from snakepit_nb._errors import ClosedError, ConfigurationError, StartupError
-from snakepit_nb.orchestrator.launcher import (
+from snakepit_nb.orchestrator.launch.local import (
     LaunchedWorker,
     Launcher,
     LocalProcessLauncher,
@@ -35,7 +35,7 @@ from snakepit_nb.orchestrator.launcher import (
     describe_exit,
     parse_ready_address,
 )
-from snakepit_nb.orchestrator.process_registry import ProcessRegistry
+from snakepit_nb.orchestrator.launch.registry import ProcessRegistry
 
 pytestmark = pytest.mark.integration
 

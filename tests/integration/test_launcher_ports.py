@@ -16,8 +16,8 @@ pytestmark = pytest.mark.integration
 
 CYCLER = r"""
 import asyncio, json, sys, time
-from snakepit_nb.orchestrator.launcher import LocalProcessLauncher, WorkerSpec
-from snakepit_nb.orchestrator.process_registry import ProcessRegistry
+from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher, WorkerSpec
+from snakepit_nb.orchestrator.launch.registry import ProcessRegistry
 from launcher_standin import real_worker_argv, real_worker_env, start_standin_orchestrator
 
 run_id, registry_dir, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3])

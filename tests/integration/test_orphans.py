@@ -28,8 +28,8 @@ from launcher_standin import (
 )
 
 from snakepit_nb._loop import LoopThread
-from snakepit_nb.orchestrator.launcher import LocalProcessLauncher, LocalWorker, WorkerSpec
-from snakepit_nb.orchestrator.process_registry import (
+from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher, LocalWorker, WorkerSpec
+from snakepit_nb.orchestrator.launch.registry import (
     ProcessRegistry,
     RegistryRow,
     boot_id,
@@ -40,8 +40,8 @@ pytestmark = pytest.mark.integration
 
 FAKE_KERNEL = r"""
 import asyncio, json, sys
-from snakepit_nb.orchestrator.launcher import LocalProcessLauncher, WorkerSpec
-from snakepit_nb.orchestrator.process_registry import ProcessRegistry
+from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher, WorkerSpec
+from snakepit_nb.orchestrator.launch.registry import ProcessRegistry
 
 run_id, registry_dir, argv_json, pid_dir, mode = sys.argv[1:6]
 

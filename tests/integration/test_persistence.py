@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 
 from snakepit_nb._errors import VersionConflictError
-from snakepit_nb.orchestrator.variables import VariableStores
+from snakepit_nb.orchestrator.variables.stores import VariableStores
 
 pytestmark = pytest.mark.integration
 
 WRITER = textwrap.dedent(
     """
     import asyncio, sys
-    from snakepit_nb.orchestrator.variables import VariableStores
+    from snakepit_nb.orchestrator.variables.stores import VariableStores
 
     async def main(path):
         stores = VariableStores(state=path)

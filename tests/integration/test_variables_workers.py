@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import snakepit_nb as sp
-from snakepit_nb._variables_api import AsyncVariables, UpdateResult, Variables
+from snakepit_nb.client.variables import AsyncVariables, UpdateResult, Variables
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from snakepit_nb._loop import LoopThread
-from snakepit_nb.orchestrator.variables import VariableStores
-from snakepit_nb.orchestrator.variables_rpc import VariableServicerMixin
+from snakepit_nb.orchestrator.server.variables import VariableServicerMixin
+from snakepit_nb.orchestrator.variables.stores import VariableStores
 from snakepit_nb.protocol import pb, pb_grpc
 from snakepit_nb.protocol.auth import TokenInterceptor, new_token, server_options
 from snakepit_nb.protocol.codec import (

@@ -82,7 +82,7 @@ def test_import_is_light() -> None:
     # start no thread (the loop thread starts at the first start()).
     code = (
         "import sys, threading, snakepit_nb;"
-        "names = ('grpc', 'IPython', 'numpy', 'snakepit_nb.client');"
+        "names = ('grpc', 'IPython', 'numpy', 'snakepit_nb.client.clients');"
         "heavy = [m for m in names if m in sys.modules];"
         "print(heavy, threading.active_count())"
     )

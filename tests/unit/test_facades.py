@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from snakepit_nb._session import AsyncSession, Session
-from snakepit_nb._stream import AsyncStream, AsyncTelemetryFeed, Stream, TelemetryFeed
-from snakepit_nb.client import AsyncClient, Client
+from snakepit_nb.client.clients import AsyncClient, Client
+from snakepit_nb.client.sessions import AsyncSession, Session
+from snakepit_nb.client.streams import AsyncStream, AsyncTelemetryFeed, Stream, TelemetryFeed
 
 # Async spelling -> blocking spelling (httpx: aclose/close, the context-manager protocols).
 RENAMES = {"aclose": "close", "__aenter__": "__enter__", "__aexit__": "__exit__"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from snakepit_nb._errors import ConfigurationError
-from snakepit_nb.orchestrator.process_registry import (
+from snakepit_nb.orchestrator.launch.registry import (
     RUN_DIR_MARKER,
     ProcessRegistry,
     RegistryRow,

@@ -21,7 +21,7 @@ from snakepit_nb._errors import (
     VariableNotFoundError,
     VersionConflictError,
 )
-from snakepit_nb.orchestrator.variables import (
+from snakepit_nb.orchestrator.variables.stores import (
     ChangeKind,
     VariableChange,
     VariableLimits,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from snakepit_nb._errors import ConstraintViolationError, InvalidArgumentError
-from snakepit_nb.orchestrator.variables_types import (
+from snakepit_nb.orchestrator.variables.types import (
     TypeSpec,
     check_name,
     infer_type,

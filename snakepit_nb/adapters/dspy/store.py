@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from snakepit_nb._errors import NotFoundError, VersionConflictError
-from snakepit_nb.orchestrator.variables_types import infer_type
+from snakepit_nb.orchestrator.variables.types import infer_type
 
 __all__ = ["Definition", "Entry", "VariableStore"]
 

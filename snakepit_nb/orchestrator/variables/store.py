@@ -36,9 +36,9 @@ from snakepit_nb._errors import (
     VariableNotFoundError,
     VersionConflictError,
 )
-from snakepit_nb.orchestrator import persistence as sql
-from snakepit_nb.orchestrator.persistence import StateDatabase, Statement
-from snakepit_nb.orchestrator.variables_types import (
+from snakepit_nb.orchestrator.variables import persistence as sql
+from snakepit_nb.orchestrator.variables.persistence import StateDatabase, Statement
+from snakepit_nb.orchestrator.variables.types import (
     KERNEL_SOURCE,
     OptimizationLock,
     TypeSpec,
@@ -47,7 +47,7 @@ from snakepit_nb.orchestrator.variables_types import (
     check_name,
     infer_type,
 )
-from snakepit_nb.orchestrator.watchers import ChangeKind, VariableChange, Watcher
+from snakepit_nb.orchestrator.variables.watchers import ChangeKind, VariableChange, Watcher
 from snakepit_nb.protocol.codec import encode_json
 
 __all__ = [

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from snakepit_nb.orchestrator.variables_types import VariableRecord
+from snakepit_nb.orchestrator.variables.types import VariableRecord
 
 __all__ = ["ChangeKind", "VariableChange", "Watcher"]
 

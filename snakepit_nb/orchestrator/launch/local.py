@@ -44,7 +44,7 @@ The interface, and how a cluster launcher (Ray, one actor per worker) implements
   stdout is harmless; the stderr tail goes into start-up and crash errors);
 * the environment carries the token (never argv: ``/proc/<pid>/cmdline`` is world-readable),
   the ready-file path, the parent pid, the worker id and the ``SNAKEPIT_NB_POOL`` marker;
-* a row goes into the :mod:`process registry <snakepit_nb.orchestrator.process_registry>`
+* a row goes into the :mod:`process registry <snakepit_nb.orchestrator.launch.registry>`
   before spawning; the first launch sweeps rows that dead kernels left; ``atexit`` stops the
   workers of this process as a backup;
 * every exit is reaped at once (no zombies), and whatever is left in the worker's process group
@@ -74,7 +74,7 @@ from typing import Literal, Protocol, runtime_checkable
 import psutil
 
 from snakepit_nb._errors import ClosedError, ConfigurationError, StartupError
-from snakepit_nb.orchestrator.process_registry import (
+from snakepit_nb.orchestrator.launch.registry import (
     MARKER_ENV,
     RUN_DIR_MARKER,
     ProcessRegistry,

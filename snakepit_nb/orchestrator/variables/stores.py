@@ -22,15 +22,15 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from snakepit_nb._errors import InvalidArgumentError, SessionNotFoundError
-from snakepit_nb.orchestrator import persistence as sql
-from snakepit_nb.orchestrator.persistence import StateDatabase
-from snakepit_nb.orchestrator.variables_store import (
+from snakepit_nb.orchestrator.variables import persistence as sql
+from snakepit_nb.orchestrator.variables.persistence import StateDatabase
+from snakepit_nb.orchestrator.variables.store import (
     MIB,
     BatchOutcome,
     VariableLimits,
     VariableStore,
 )
-from snakepit_nb.orchestrator.variables_types import (
+from snakepit_nb.orchestrator.variables.types import (
     KERNEL_SOURCE,
     VARIABLE_TYPES,
     OptimizationLock,
@@ -38,7 +38,7 @@ from snakepit_nb.orchestrator.variables_types import (
     VariableRecord,
     VariableVersion,
 )
-from snakepit_nb.orchestrator.watchers import ChangeKind, VariableChange, Watcher
+from snakepit_nb.orchestrator.variables.watchers import ChangeKind, VariableChange, Watcher
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import decode_json
 
@@ -201,7 +201,7 @@ class VariableStores:
         store = self._stores.get(session_id)
         if store is None:
             return []
-        from snakepit_nb.orchestrator.variables_rpc import record_to_pb
+        from snakepit_nb.orchestrator.server.variables import record_to_pb
 
         out: list[pb.Variable] = []
         for name in names:

@@ -17,8 +17,8 @@ import grpc
 import grpc.aio
 
 from snakepit_nb._errors import CallTimeoutError, ResourceExhaustedError
-from snakepit_nb.orchestrator.channel import EOF
-from snakepit_nb.orchestrator.supervision import WorkerGone
+from snakepit_nb.orchestrator.pool.channel import EOF
+from snakepit_nb.orchestrator.pool.supervision import WorkerGone
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import (
     decode_chunk,
@@ -28,8 +28,8 @@ from snakepit_nb.protocol.codec import (
 from snakepit_nb.protocol.status import map_rpc_error
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.pool import Pool
-    from snakepit_nb.orchestrator.worker_handle import WorkerHandle
+    from snakepit_nb.orchestrator.pool.handle import WorkerHandle
+    from snakepit_nb.orchestrator.pool.pool import Pool
 
 __all__ = ["CHUNK_BATCHING", "RETURN_MARK", "StreamCall"]
 

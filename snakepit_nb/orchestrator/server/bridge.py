@@ -23,7 +23,7 @@ from snakepit_nb._errors import (
     ResourceExhaustedError,
     SnakepitError,
 )
-from snakepit_nb.orchestrator.variables_rpc import (
+from snakepit_nb.orchestrator.server.variables import (
     VariableServicerMixin,
     VariableSizeGuard,
     timestamp_pb,

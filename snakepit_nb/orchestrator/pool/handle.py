@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import grpc
 import grpc.aio
 
-from snakepit_nb.orchestrator.channel import CallChannel
+from snakepit_nb.orchestrator.pool.channel import CallChannel
 from snakepit_nb.protocol import pb, pb_grpc
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.launcher import LaunchedWorker
+    from snakepit_nb.orchestrator.launch.local import LaunchedWorker
 
 __all__ = ["WorkerHandle", "WorkerState", "WorkerStatus", "describe_exit"]
 

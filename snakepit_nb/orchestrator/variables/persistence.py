@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from snakepit_nb._errors import ConfigurationError, FailedPreconditionError, ResourceExhaustedError
-from snakepit_nb.orchestrator.variables_types import (
+from snakepit_nb.orchestrator.variables.types import (
     OptimizationLock,
     VariableRecord,
     VariableVersion,

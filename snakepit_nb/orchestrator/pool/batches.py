@@ -30,15 +30,15 @@ from snakepit_nb._errors import (
     ResourceExhaustedError,
     SnakepitError,
 )
-from snakepit_nb.orchestrator.channel import ChannelBrokenError
-from snakepit_nb.orchestrator.supervision import WorkerGone
-from snakepit_nb.orchestrator.worker_handle import WorkerHandle, WorkerState
+from snakepit_nb.orchestrator.pool.channel import ChannelBrokenError
+from snakepit_nb.orchestrator.pool.handle import WorkerHandle, WorkerState
+from snakepit_nb.orchestrator.pool.supervision import WorkerGone
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import decode_json, encode_json, remote_error_from_info
 from snakepit_nb.protocol.status import error_from_call_error
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.pool import Pool
+    from snakepit_nb.orchestrator.pool.pool import Pool
 
 __all__ = ["MapResult", "run_map"]
 

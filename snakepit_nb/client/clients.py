@@ -25,8 +25,8 @@ from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
 from snakepit_nb._loop import LoopThread, get_loop_thread
-from snakepit_nb._session import AsyncSession, Session, SessionInfo, session_info
-from snakepit_nb._stream import AsyncTelemetryFeed, TelemetryFeed, on_loop
+from snakepit_nb.client.sessions import AsyncSession, Session, SessionInfo, session_info
+from snakepit_nb.client.streams import AsyncTelemetryFeed, TelemetryFeed, on_loop
 from snakepit_nb.orchestrator.config import Config
 from snakepit_nb.orchestrator.orchestrator import Orchestrator
 from snakepit_nb.orchestrator.registry import ToolSpec, check_tool_name

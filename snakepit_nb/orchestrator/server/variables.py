@@ -29,8 +29,8 @@ from snakepit_nb._errors import (
     ResourceExhaustedError,
     SnakepitError,
 )
-from snakepit_nb.orchestrator.variables_types import KERNEL_SOURCE, VariableRecord, VariableVersion
-from snakepit_nb.orchestrator.watchers import VariableChange
+from snakepit_nb.orchestrator.variables.types import KERNEL_SOURCE, VariableRecord, VariableVersion
+from snakepit_nb.orchestrator.variables.watchers import VariableChange
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import decode_any, decode_any_with_binary, encode_any
 from snakepit_nb.protocol.status import (
@@ -41,8 +41,8 @@ from snakepit_nb.protocol.status import (
 )
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.variables import VariableStores
-    from snakepit_nb.orchestrator.variables_store import VariableStore
+    from snakepit_nb.orchestrator.variables.store import VariableStore
+    from snakepit_nb.orchestrator.variables.stores import VariableStores
 
 __all__ = [
     "EXPECTED_VERSION_KEY",

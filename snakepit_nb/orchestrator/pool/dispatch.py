@@ -32,7 +32,7 @@ from snakepit_nb._errors import (
     WorkerFailedError,
     WorkerUnavailableError,
 )
-from snakepit_nb.orchestrator.worker_handle import WorkerHandle, WorkerState
+from snakepit_nb.orchestrator.pool.handle import WorkerHandle, WorkerState
 
 __all__ = ["AFFINITIES", "Affinity", "Dispatcher"]
 

@@ -35,18 +35,18 @@ from snakepit_nb._errors import (
     VariableNotFoundError,
     VersionConflictError,
 )
-from snakepit_nb._stream import on_loop
-from snakepit_nb.orchestrator.variables_types import (
+from snakepit_nb.client.streams import on_loop
+from snakepit_nb.orchestrator.variables.types import (
     KERNEL_SOURCE,
     VariableRecord,
     VariableVersion,
 )
-from snakepit_nb.orchestrator.watchers import VariableChange, Watcher
+from snakepit_nb.orchestrator.variables.watchers import VariableChange, Watcher
 
 if TYPE_CHECKING:
     from snakepit_nb._loop import LoopThread
     from snakepit_nb.orchestrator.orchestrator import Orchestrator
-    from snakepit_nb.orchestrator.variables_store import VariableStore
+    from snakepit_nb.orchestrator.variables.store import VariableStore
 
 __all__ = [
     "AsyncBatch",

@@ -23,14 +23,14 @@ from snakepit_nb._errors import (
     ToolNotFoundError,
     WorkerUnavailableError,
 )
+from snakepit_nb.orchestrator.pool.handle import WorkerHandle, WorkerState
 from snakepit_nb.orchestrator.registry import check_tool_name
-from snakepit_nb.orchestrator.worker_handle import WorkerHandle, WorkerState
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import remote_error_from_payload
 from snakepit_nb.protocol.status import map_rpc_error
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.pool import Pool
+    from snakepit_nb.orchestrator.pool.pool import Pool
 
 __all__ = ["REMOVE_MARK", "ToolDefinitions"]
 

@@ -13,7 +13,7 @@
 'ready'
 
 Calls to our workers travel over one multiplexed call channel per worker (see
-:mod:`~snakepit_nb.orchestrator.channel`); workers that do not serve it (the published Snakepit
+:mod:`~snakepit_nb.orchestrator.pool.channel`); workers that do not serve it (the published Snakepit
 worker, run with ``worker_command=[...]``) get one plain ``ExecuteTool`` RPC per call.
 Each worker runs up to ``capacity`` calls of sync tools (in its threads; 1 by default) and,
 besides, up to ``async_capacity`` calls of async tools (on its event loop), as the tool's spec
@@ -50,13 +50,13 @@ from snakepit_nb._errors import (
     StartupError,
     WorkerCrashedError,
 )
-from snakepit_nb.orchestrator.batches import MapResult, run_map
-from snakepit_nb.orchestrator.channel import ChannelBrokenError
-from snakepit_nb.orchestrator.dispatch import Dispatcher
-from snakepit_nb.orchestrator.streams import StreamCall
-from snakepit_nb.orchestrator.supervision import Supervisor, WorkerGone
-from snakepit_nb.orchestrator.tool_definitions import ToolDefinitions
-from snakepit_nb.orchestrator.worker_handle import WorkerHandle, WorkerState, WorkerStatus
+from snakepit_nb.orchestrator.pool.batches import MapResult, run_map
+from snakepit_nb.orchestrator.pool.channel import ChannelBrokenError
+from snakepit_nb.orchestrator.pool.definitions import ToolDefinitions
+from snakepit_nb.orchestrator.pool.dispatch import Dispatcher
+from snakepit_nb.orchestrator.pool.handle import WorkerHandle, WorkerState, WorkerStatus
+from snakepit_nb.orchestrator.pool.streams import StreamCall
+from snakepit_nb.orchestrator.pool.supervision import Supervisor, WorkerGone
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import (
     binary_parameter_metadata,
@@ -69,7 +69,7 @@ from snakepit_nb.protocol.status import error_from_call_error, map_rpc_error
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.config import Config
-    from snakepit_nb.orchestrator.launcher import Launcher
+    from snakepit_nb.orchestrator.launch.local import Launcher
     from snakepit_nb.orchestrator.registry import ToolRegistry
 
 __all__ = ["MapResult", "Pool", "PoolStatus", "StreamCall", "WorkerStatus"]
@@ -120,7 +120,7 @@ class Pool:
         self.run_id = run_id
         self.token = token if config.auth else None
         if launcher is None:
-            from snakepit_nb.orchestrator.launcher import LocalProcessLauncher
+            from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher
 
             transport: Literal["tcp", "unix"] = "unix" if config.transport == "unix" else "tcp"
             launcher = LocalProcessLauncher(run_id=run_id, transport=transport)

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from snakepit_nb._errors import CallTimeoutError, InvalidArgumentError
-from snakepit_nb._stream import AsyncStream, Stream, kernel_tool_error, on_loop
+from snakepit_nb.client.streams import AsyncStream, Stream, kernel_tool_error, on_loop
 
 if TYPE_CHECKING:
     from snakepit_nb._loop import LoopThread
-    from snakepit_nb._variables_api import AsyncVariables, Variables
+    from snakepit_nb.client.variables import AsyncVariables, Variables
     from snakepit_nb.orchestrator.orchestrator import Orchestrator
 
 __all__ = ["AsyncSession", "Session", "SessionInfo"]
@@ -130,7 +130,7 @@ class AsyncSession:
     def vars(self) -> AsyncVariables:
         """The session's variables: ``await s.vars.set("t", 0.7)``, ``await s.vars.get("t")``."""
         if self._vars is None:
-            from snakepit_nb._variables_api import AsyncVariables
+            from snakepit_nb.client.variables import AsyncVariables
 
             self._vars = AsyncVariables(self._orch, self._loop_thread, self.session_id)
         return self._vars
@@ -363,7 +363,7 @@ class Session:
     def vars(self) -> Variables:
         """The session's variables: ``s.vars["t"] = 0.7``, ``s.vars["t"]``, ``s.vars.history``."""
         if self._vars is None:
-            from snakepit_nb._variables_api import Variables
+            from snakepit_nb.client.variables import Variables
 
             self._vars = Variables(self._async.vars)
         return self._vars
