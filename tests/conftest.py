@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+# The helpers and adapters of tests/support are imported by name, from tests at any depth.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 T = TypeVar("T")
 

@@ -21,11 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paths
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).parents[2]
+ROOT = paths.ROOT
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",

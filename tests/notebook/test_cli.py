@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import paths
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -13,7 +14,7 @@ from snakepit_nb.notebook.extension import runtime_for
 
 pytestmark = pytest.mark.notebook
 
-ROOT = Path(__file__).parents[2]
+ROOT = paths.ROOT
 
 
 def test_install_kernel_writes_the_snakepit_kernelspec(tmp_path: Path, capsys):

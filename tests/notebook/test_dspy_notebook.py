@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 
 import nbformat
+import paths
 import pytest
 from nbclient import NotebookClient
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
-NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "dspy_exploration.ipynb"
+NOTEBOOK = paths.ROOT / "notebooks" / "dspy_exploration.ipynb"
 
 
 def test_dspy_notebook_runs_and_shows_the_workflow(tmp_path: Path) -> None:

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import paths
 import pytest
 from nbclient import NotebookClient
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
-NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((paths.ROOT / "notebooks").glob("*.ipynb"))
 VALUE = re.compile(r'<pre class="snakepit-stream-value"[^>]*>(.*?)</pre>', re.DOTALL)
 
 

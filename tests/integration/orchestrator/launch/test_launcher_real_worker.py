@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+import paths
 import psutil
 import pytest
 from launcher_standin import (
@@ -185,7 +186,7 @@ asyncio.run(main())
 def test_real_workers_die_with_a_sigkilled_kernel(registry_dir: Path, run_ids: list[str]) -> None:
     """T9 with the real worker: PR_SET_PDEATHSIG + parent watch, then the registry sweep."""
     run_ids.append("t9real")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent))
+    env = dict(os.environ, PYTHONPATH=str(paths.SUPPORT))
     kernel = subprocess.Popen(
         [sys.executable, "-c", FAKE_KERNEL, "t9real", str(registry_dir), TOKEN],
         stdout=subprocess.PIPE,

@@ -21,10 +21,10 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
+import paths
 import pytest
 from google.protobuf import descriptor, message_factory
 
@@ -193,7 +193,7 @@ def test_t14_every_method_refuses_a_missing_or_wrong_token(
 def test_t14_covers_every_rpc_of_the_proto() -> None:
     # The parametrization above is the generated descriptor's method list: check that it is
     # the proto's whole service (stale stubs would leave a new RPC untested).
-    proto = Path(__file__).resolve().parents[2] / "protos" / "snakepit_bridge.proto"
+    proto = paths.ROOT / "protos" / "snakepit_bridge.proto"
     declared = re.findall(r"^\s*rpc\s+(\w+)\s*\(", proto.read_text(), flags=re.MULTILINE)
     assert declared
     assert sorted(METHODS) == sorted(declared)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+import paths
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -41,7 +42,7 @@ from snakepit_nb.protocol.codec import (
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-REPO = Path(__file__).resolve().parents[2]
+REPO = paths.ROOT
 READY_DEADLINE = 30.0  # generous: other test suites share the 2 cores
 
 

@@ -14,9 +14,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+import paths
 import pytest
 
 from snakepit_nb._errors import (
@@ -27,7 +27,7 @@ from snakepit_nb._errors import (
 
 pytestmark = pytest.mark.integration
 
-WORKER = str(Path(__file__).with_name("published_worker.py"))
+WORKER = str(paths.SUPPORT / "published_worker.py")
 
 
 @pytest.fixture

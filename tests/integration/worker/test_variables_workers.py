@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import paths
 import pytest
 
 import snakepit_nb as sp
@@ -340,7 +341,7 @@ def test_four_writers_two_workers_two_kernel_threads_end_at_exactly_1000(client:
 def test_required_variables_arrive_with_the_call_and_later_reads_are_fresh(
     client_factory: Any,
 ) -> None:
-    here = os.path.dirname(__file__)
+    here = str(paths.SUPPORT)
     path = os.environ.get("PYTHONPATH", "")
     c = client_factory(
         workers=1,
