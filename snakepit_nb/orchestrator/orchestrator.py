@@ -30,7 +30,7 @@ from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.auth import new_token
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.launch.local import Launcher
+    from snakepit_nb.orchestrator.launch.base import Launcher
     from snakepit_nb.orchestrator.pool.pool import Pool
 
 __all__ = ["Orchestrator"]

@@ -11,7 +11,6 @@ import asyncio
 import collections
 import enum
 import logging
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +23,9 @@ from snakepit_nb.orchestrator.pool.channel import CallChannel
 from snakepit_nb.protocol import pb, pb_grpc
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.launch.local import LaunchedWorker
+    from snakepit_nb.orchestrator.launch.base import LaunchedWorker
 
-__all__ = ["WorkerHandle", "WorkerState", "WorkerStatus", "describe_exit"]
+__all__ = ["WorkerHandle", "WorkerState", "WorkerStatus"]
 
 log = logging.getLogger("snakepit_nb.pool")
 
@@ -59,18 +58,6 @@ class WorkerStatus:
     address: str
     foreign: bool = False
     last_error: str = ""
-
-
-def describe_exit(code: int | None) -> str:
-    """'SIGKILL' for -9, 'exit code 3' for 3, 'an unknown status' for None."""
-    if code is None:
-        return "an unknown status"
-    if code < 0:
-        try:
-            return signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
 
 
 class WorkerHandle:

@@ -69,7 +69,7 @@ from snakepit_nb.protocol.status import error_from_call_error, map_rpc_error
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.config import Config
-    from snakepit_nb.orchestrator.launch.local import Launcher
+    from snakepit_nb.orchestrator.launch.base import Launcher
     from snakepit_nb.orchestrator.registry import ToolRegistry
 
 __all__ = ["MapResult", "Pool", "PoolStatus", "StreamCall", "WorkerStatus"]

@@ -27,14 +27,15 @@ import grpc
 import grpc.aio
 
 from snakepit_nb._errors import ClosedError, StartupError, WorkerCrashedError
+from snakepit_nb.orchestrator.launch.base import describe_exit
 from snakepit_nb.orchestrator.pool.channel import CallChannel, describe_rpc_failure
 from snakepit_nb.orchestrator.pool.dispatch import Dispatcher
-from snakepit_nb.orchestrator.pool.handle import WorkerHandle, WorkerState, describe_exit
+from snakepit_nb.orchestrator.pool.handle import WorkerHandle, WorkerState
 from snakepit_nb.protocol import auth, pb, pb_grpc
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.config import Config
-    from snakepit_nb.orchestrator.launch.local import LaunchedWorker, Launcher, WorkerSpec
+    from snakepit_nb.orchestrator.launch.base import LaunchedWorker, Launcher, WorkerSpec
 
 __all__ = ["Supervisor", "WorkerGone"]
 
@@ -134,7 +135,7 @@ class Supervisor:
 
     def spec_for(self, handle: WorkerHandle) -> WorkerSpec:
         """The argv and environment of a worker, from the Config (the launch contract)."""
-        from snakepit_nb.orchestrator.launch.local import TOKEN_ENV, WorkerSpec
+        from snakepit_nb.orchestrator.launch.base import TOKEN_ENV, WorkerSpec
 
         config = self.config
         if config.worker_command:

@@ -27,14 +27,14 @@ from launcher_standin import (
 )
 
 from snakepit_nb._errors import ClosedError, ConfigurationError, StartupError
-from snakepit_nb.orchestrator.launch.local import (
+from snakepit_nb.orchestrator.launch.base import (
     LaunchedWorker,
     Launcher,
-    LocalProcessLauncher,
     WorkerSpec,
     describe_exit,
     parse_ready_address,
 )
+from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher
 from snakepit_nb.orchestrator.launch.registry import ProcessRegistry
 
 pytestmark = pytest.mark.integration
@@ -107,9 +107,9 @@ def test_ready_file_garbage_is_refused(text: str) -> None:
 
 
 def test_describe_exit() -> None:
-    assert describe_exit(1) == "code 1"
-    assert describe_exit(-9) == "signal SIGKILL"
-    assert describe_exit(None) == "no exit code yet"
+    assert describe_exit(1) == "exit code 1"
+    assert describe_exit(-9) == "SIGKILL"
+    assert describe_exit(None) == "an unknown status"
 
 
 def test_local_launcher_implements_the_interface(make_launcher: LauncherFactory) -> None:
@@ -191,7 +191,7 @@ def test_exit_before_ready_fails_fast_with_code_and_stderr(make_launcher: Launch
             await launcher.launch(spec("w7", "--mode", "exit-before", timeout=30))
         assert time.monotonic() - t0 < 10.0  # far sooner than the 30 s timeout
         message = str(info.value)
-        assert message.startswith("worker w7 exited with code 1 before it was ready")
+        assert message.startswith("worker w7 ended with exit code 1 before it was ready")
         assert "cannot import adapter 'nope.Missing'" in message
         await launcher.close()
 

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 CYCLER = r"""
 import asyncio, json, sys, time
-from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher, WorkerSpec
+from snakepit_nb.orchestrator.launch.base import WorkerSpec
+from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher
 from snakepit_nb.orchestrator.launch.registry import ProcessRegistry
 from launcher_standin import real_worker_argv, real_worker_env, start_standin_orchestrator
 

@@ -36,7 +36,8 @@ from launcher_standin import (
     wait_until,
 )
 
-from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher, WorkerSpec
+from snakepit_nb.orchestrator.launch.base import WorkerSpec
+from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher
 from snakepit_nb.orchestrator.launch.registry import ProcessRegistry
 from snakepit_nb.protocol import pb, pb_grpc
 from snakepit_nb.protocol.auth import client_interceptors
@@ -162,7 +163,8 @@ def test_real_worker_over_unix_socket(registry_dir: Path, run_ids: list[str]) ->
 
 FAKE_KERNEL = r"""
 import asyncio, json, sys
-from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher, WorkerSpec
+from snakepit_nb.orchestrator.launch.base import WorkerSpec
+from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher
 from snakepit_nb.orchestrator.launch.registry import ProcessRegistry
 from launcher_standin import real_worker_argv, real_worker_env, start_standin_orchestrator
 

@@ -28,7 +28,8 @@ from launcher_standin import (
 )
 
 from snakepit_nb._loop import LoopThread
-from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher, LocalWorker, WorkerSpec
+from snakepit_nb.orchestrator.launch.base import WorkerSpec
+from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher, LocalWorker
 from snakepit_nb.orchestrator.launch.registry import (
     ProcessRegistry,
     RegistryRow,
@@ -40,7 +41,8 @@ pytestmark = pytest.mark.integration
 
 FAKE_KERNEL = r"""
 import asyncio, json, sys
-from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher, WorkerSpec
+from snakepit_nb.orchestrator.launch.base import WorkerSpec
+from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher
 from snakepit_nb.orchestrator.launch.registry import ProcessRegistry
 
 run_id, registry_dir, argv_json, pid_dir, mode = sys.argv[1:6]

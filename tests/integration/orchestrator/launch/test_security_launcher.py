@@ -13,7 +13,8 @@ import psutil
 import pytest
 from launcher_standin import is_loopback, processes_with_marker, standin_argv
 
-from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher, LocalWorker, WorkerSpec
+from snakepit_nb.orchestrator.launch.base import WorkerSpec
+from snakepit_nb.orchestrator.launch.local import LocalProcessLauncher, LocalWorker
 from snakepit_nb.orchestrator.launch.registry import ProcessRegistry
 
 pytestmark = pytest.mark.integration
