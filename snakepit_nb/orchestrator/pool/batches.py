@@ -31,14 +31,13 @@ from snakepit_nb._errors import (
     SnakepitError,
 )
 from snakepit_nb.orchestrator.pool.channel import ChannelBrokenError
-from snakepit_nb.orchestrator.pool.handle import WorkerHandle, WorkerState
-from snakepit_nb.orchestrator.pool.supervision import WorkerGone
+from snakepit_nb.orchestrator.pool.handle import WorkerGone, WorkerHandle, WorkerState
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import decode_json, encode_json, remote_error_from_info
 from snakepit_nb.protocol.status import error_from_call_error
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.pool.pool import Pool
+    from snakepit_nb.orchestrator.pool.host import PoolHost
 
 __all__ = ["MapResult", "run_map"]
 
@@ -79,7 +78,7 @@ def _check_items(tool: str, kwargs_list: Sequence[Mapping[str, object]]) -> list
 
 
 async def run_map(
-    pool: Pool,
+    pool: PoolHost,
     session_id: str,
     tool: str,
     kwargs_list: Sequence[Mapping[str, object]],
@@ -140,7 +139,7 @@ def _encode_chunks(  # noqa: PLR0917 - internal recursion helper
 class _Mapper:
     def __init__(  # noqa: PLR0917
         self,
-        pool: Pool,
+        pool: PoolHost,
         session_id: str,
         tool: str,
         n: int,
@@ -224,7 +223,7 @@ class _Mapper:
         try:
             message = future.result()
         except WorkerGone as gone:
-            self.pool._finish(handle, calls=0)
+            self.pool.settle(handle, calls=0)
             if self.idempotent and chunk.attempts == 0:
                 chunk.attempts += 1
                 self.chunks.appendleft(chunk)
@@ -234,22 +233,22 @@ class _Mapper:
             handle.errors += count
             return
         except ClosedError:
-            self.pool._finish(handle, calls=0)
+            self.pool.settle(handle, calls=0)
             raise
         kind = message.WhichOneof("body")
         if kind == "batch_result":
             values = decode_json(message.batch_result.results)
             if not isinstance(values, list) or len(values) != count:
-                self.pool._finish(handle, calls=count, errors=count)
+                self.pool.settle(handle, calls=count, errors=count)
                 raise ProtocolError(
                     f"worker {handle.worker_id} answered a batch of {count} with "
                     f"{len(values) if isinstance(values, list) else type(values).__name__} "
                     "results"
                 )
             errors = self._store(chunk, values, handle.worker_id)
-            self.pool._finish(handle, calls=count, errors=errors)
+            self.pool.settle(handle, calls=count, errors=errors)
             return
-        self.pool._finish(handle, calls=count, errors=count)
+        self.pool.settle(handle, calls=count, errors=count)
         if kind == "error":
             # An infrastructure error for the whole chunk (unknown tool, bad arguments...):
             # the same error for every item would be noise; raise it once.
@@ -288,14 +287,14 @@ class _Mapper:
                 channel.cancel(call_id, "the map was cancelled")
                 future.add_done_callback(functools.partial(self._settle, handle))
             else:
-                self.pool._finish(handle, calls=0)
+                self.pool.settle(handle, calls=0)
         self.pending.clear()
 
     def _settle(self, handle: WorkerHandle, future: asyncio.Future[pb.ChannelMessage]) -> None:
         """A cancelled chunk's answer arrived: its slot is free now."""
         if not future.cancelled():
             future.exception()  # mark retrieved
-        self.pool._finish(handle, calls=0)
+        self.pool.settle(handle, calls=0)
 
     async def _plain_fallback(self) -> None:
         """Workers without a call channel (foreign): one plain call per item, bounded."""

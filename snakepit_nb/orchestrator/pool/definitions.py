@@ -30,7 +30,7 @@ from snakepit_nb.protocol.codec import remote_error_from_payload
 from snakepit_nb.protocol.status import map_rpc_error
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.pool.pool import Pool
+    from snakepit_nb.orchestrator.pool.host import PoolHost
 
 __all__ = ["REMOVE_MARK", "ToolDefinitions"]
 
@@ -43,7 +43,7 @@ _DEFINE_TIMEOUT = 30.0
 class ToolDefinitions:
     """The cell-defined tools of one pool."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: PoolHost) -> None:
         self.pool = pool
         self._defined: dict[str, pb.DefineToolRequest] = {}
         self._lock = asyncio.Lock()

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 import grpc
 import grpc.aio
 
+from snakepit_nb._errors import ClosedError, WorkerCrashedError
 from snakepit_nb.orchestrator.pool.channel import CallChannel
 from snakepit_nb.protocol import pb, pb_grpc
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.launch.base import LaunchedWorker
 
-__all__ = ["WorkerHandle", "WorkerState", "WorkerStatus"]
+__all__ = ["WorkerGone", "WorkerHandle", "WorkerState", "WorkerStatus"]
 
 log = logging.getLogger("snakepit_nb.pool")
 
@@ -58,6 +59,42 @@ class WorkerStatus:
     address: str
     foreign: bool = False
     last_error: str = ""
+
+
+class WorkerGone(Exception):
+    """Internal: why an incarnation ended; each call turns it into its own user error."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        pid: int | None,
+        *,
+        exit_code: int | None,
+        how: str,
+        aftermath: str,
+        closed: bool = False,
+    ) -> None:
+        super().__init__(f"worker {worker_id} (pid {pid}) {how}")
+        self.worker_id = worker_id
+        self.pid = pid
+        self.exit_code = exit_code
+        self.how = how
+        self.aftermath = aftermath
+        self.closed = closed
+
+    def error_for(self, tool: str) -> Exception:
+        """The error a call of ``tool`` raises (WorkerCrashedError, or ClosedError)."""
+        if self.closed:
+            return ClosedError(
+                f"the pool was closed while {tool!r} was running on worker {self.worker_id}; "
+                "start a new one with sp.start()"
+            )
+        return WorkerCrashedError(
+            f"worker {self.worker_id} (pid {self.pid}) {self.how} while running {tool!r}; the "
+            f"call may have had effects; {self.aftermath}",
+            worker_id=self.worker_id,
+            exit_code=self.exit_code,
+        )
 
 
 class WorkerHandle:

@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import grpc
 import grpc.aio
@@ -46,26 +46,21 @@ from snakepit_nb._errors import (
     CallTimeoutError,
     ClosedError,
     InvalidArgumentError,
-    ProtocolError,
     StartupError,
     WorkerCrashedError,
 )
 from snakepit_nb.orchestrator.pool.batches import MapResult, run_map
-from snakepit_nb.orchestrator.pool.channel import ChannelBrokenError
+from snakepit_nb.orchestrator.pool.calls import call_once
 from snakepit_nb.orchestrator.pool.definitions import ToolDefinitions
 from snakepit_nb.orchestrator.pool.dispatch import Dispatcher
-from snakepit_nb.orchestrator.pool.handle import WorkerHandle, WorkerState, WorkerStatus
+from snakepit_nb.orchestrator.pool.handle import WorkerGone, WorkerHandle, WorkerState, WorkerStatus
 from snakepit_nb.orchestrator.pool.streams import StreamCall
-from snakepit_nb.orchestrator.pool.supervision import Supervisor, WorkerGone
+from snakepit_nb.orchestrator.pool.supervision import Supervisor
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import (
     binary_parameter_metadata,
-    decode_any,
-    decode_any_with_binary,
     encode_params,
-    remote_error_from_payload,
 )
-from snakepit_nb.protocol.status import error_from_call_error, map_rpc_error
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.config import Config
@@ -221,8 +216,8 @@ class Pool:
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
-                    return await self._call_once(
-                        session_id, tool, request, payload, affinity, deadline
+                    return await call_once(
+                        self, session_id, tool, request, payload, affinity, deadline
                     )
             except TimeoutError as exc:
                 raise CallTimeoutError(
@@ -281,34 +276,10 @@ class Pool:
         spec = self.tool_spec(tool)
         return spec is not None and spec.metadata.get("async") == "true"
 
-    async def _call_once(  # noqa: PLR0917
-        self,
-        session_id: str,
-        tool: str,
-        request: pb.ExecuteToolRequest,
-        payload: bytes,
-        affinity: str,
-        deadline: float | None,
-    ) -> object:
-        is_async = self.is_async_tool(tool)
-        handle = await self.dispatcher.acquire(session_id, affinity, is_async=is_async)
-        while handle.call_channel is not None:
-            try:
-                return await self._channel_call(
-                    handle, tool, session_id, payload, deadline, is_async=is_async
-                )
-            except _NotSent:
-                # The worker's channel broke before the call left: nothing ran, so another
-                # worker (or the replacement) may take it, whatever the tool's idempotency.
-                handle = await self.dispatcher.acquire(session_id, affinity, is_async=is_async)
-        try:
-            return await self._plain_call(handle, tool, session_id, request, deadline)
-        finally:
-            self._finish(handle, is_async=is_async)
-
-    def _finish(
+    def settle(
         self, handle: WorkerHandle, *, calls: int = 1, errors: int = 0, is_async: bool = False
     ) -> None:
+        """A call (or ``calls`` items of a batch) on ``handle`` is over: free its slot."""
         handle.calls += calls
         handle.errors += errors
         self.dispatcher.release(handle, is_async=is_async)
@@ -317,138 +288,13 @@ class Pool:
         if self.config.recycle_after_calls is not None:
             self.supervisor.after_call(handle)
 
-    async def _channel_call(
-        self,
-        handle: WorkerHandle,
-        tool: str,
-        session_id: str,
-        payload: bytes,
-        deadline: float | None,
-        *,
-        is_async: bool,
-    ) -> object:
-        channel = handle.call_channel
-        assert channel is not None
-        remaining = _remaining(deadline)
-        try:
-            call_id, future = channel.submit(request=payload, timeout=remaining or 0.0)
-        except ChannelBrokenError:
-            self._finish(handle, calls=0, is_async=is_async)
-            raise _NotSent from None
-        except BaseException:
-            self._finish(handle, is_async=is_async)
-            raise
-        try:
-            message = await future
-        except asyncio.CancelledError:
-            if future.cancelled():
-                # We were cancelled (deadline, interrupt): tell the worker, and keep its slot
-                # busy until it confirms the tool stopped.
-                channel.cancel(call_id)
-                handle.unconfirmed_cancels += 1
-                channel.track(call_id).add_done_callback(
-                    lambda f: self._settle(handle, f, is_async=is_async, confirming=True)
-                )
-            else:
-                self._settle(handle, future, is_async=is_async)
-            raise
-        except WorkerGone as gone:
-            self._finish(handle, errors=1, is_async=is_async)
-            raise gone.error_for(tool) from None
-        except ClosedError:
-            self._finish(handle, errors=1, is_async=is_async)
-            raise
-        kind = message.WhichOneof("body")
-        if kind == "response":
-            response = message.response
-            if response.success:
-                self._finish(handle, is_async=is_async)
-                if response.binary_result:
-                    return decode_any_with_binary(response.result, response.binary_result)
-                return decode_any(response.result)
-            self._finish(handle, errors=1, is_async=is_async)
-            raise remote_error_from_payload(
-                response.error_message,
-                tool_name=tool,
-                session_id=session_id,
-                worker_id=handle.worker_id,
-            )
-        self._finish(handle, errors=1, is_async=is_async)
-        if kind == "error":
-            raise error_from_call_error(message.error)
-        raise ProtocolError(
-            f"worker {handle.worker_id} answered a call with a {kind!r} message; the worker "
-            "and the orchestrator disagree on the call channel contract"
-        )
-
-    def _settle(
-        self,
-        handle: WorkerHandle,
-        future: asyncio.Future[Any],
-        *,
-        is_async: bool = False,
-        confirming: bool = False,
-    ) -> None:
-        """A cancelled call's answer (or failure) arrived: now its slot is free."""
-        if not future.cancelled():
-            future.exception()  # mark retrieved
-        if confirming and handle.unconfirmed_cancels > 0:
-            handle.unconfirmed_cancels -= 1
-        self._finish(handle, errors=1, is_async=is_async)
-
-    async def _plain_call(
-        self,
-        handle: WorkerHandle,
-        tool: str,
-        session_id: str,
-        request: pb.ExecuteToolRequest,
-        deadline: float | None,
-    ) -> object:
-        stub = handle.stub
-        assert stub is not None
-        call = stub.ExecuteTool(request, metadata=self.metadata, timeout=_remaining(deadline))
-        gone: list[BaseException] = []
-
-        def on_gone(exc: BaseException) -> None:
-            gone.append(exc)
-            call.cancel()
-
-        op = handle.add_op(on_gone)
-        try:
-            response = await call
-        except (asyncio.CancelledError, grpc.aio.AioRpcError) as exc:
-            handle.errors += 1
-            if gone and isinstance(gone[0], WorkerGone):
-                raise gone[0].error_for(tool) from None
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                reason = await self._gone_reason(handle, wait=1.0)
-                if reason is not None:
-                    raise reason.error_for(tool) from None
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise TimeoutError from exc
-            raise map_rpc_error(exc) from exc
-        finally:
-            handle.remove_op(op)
-        if response.success:
-            if response.binary_result:
-                return decode_any_with_binary(response.result, response.binary_result)
-            return decode_any(response.result)
-        handle.errors += 1
-        raise remote_error_from_payload(
-            response.error_message,
-            tool_name=tool,
-            session_id=session_id,
-            worker_id=handle.worker_id,
-        )
-
-    async def _gone_reason(self, handle: WorkerHandle, wait: float = 2.0) -> Any:
+    async def gone_reason(self, handle: WorkerHandle, wait: float = 2.0) -> WorkerGone | None:
         """Why the current incarnation went away (waits briefly for the exit to be seen)."""
         try:
-            return await asyncio.wait_for(asyncio.shield(handle.gone), wait)
+            reason = await asyncio.wait_for(asyncio.shield(handle.gone), wait)
         except TimeoutError:
             return None
+        return reason if isinstance(reason, WorkerGone) else None
 
     # ------------------------------------------------------------------ streams and batches
 
@@ -629,13 +475,3 @@ class Pool:
                 log.debug("telemetry stream of %s ended: %s", handle.worker_id, exc.code())
         finally:
             call.cancel()
-
-
-class _NotSent(Exception):
-    """The call could not be handed to the chosen worker; it never ran."""
-
-
-def _remaining(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    return max(0.001, deadline - asyncio.get_running_loop().time())

@@ -18,7 +18,7 @@ import grpc.aio
 
 from snakepit_nb._errors import CallTimeoutError, ResourceExhaustedError
 from snakepit_nb.orchestrator.pool.channel import EOF
-from snakepit_nb.orchestrator.pool.supervision import WorkerGone
+from snakepit_nb.orchestrator.pool.handle import WorkerGone
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import (
     decode_chunk,
@@ -29,7 +29,7 @@ from snakepit_nb.protocol.status import map_rpc_error
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.pool.handle import WorkerHandle
-    from snakepit_nb.orchestrator.pool.pool import Pool
+    from snakepit_nb.orchestrator.pool.host import PoolHost
 
 __all__ = ["CHUNK_BATCHING", "RETURN_MARK", "StreamCall"]
 
@@ -46,7 +46,7 @@ class StreamCall(AsyncIterator[list[object]]):
 
     def __init__(
         self,
-        pool: Pool,
+        pool: PoolHost,
         session_id: str,
         tool: str,
         request: pb.ExecuteToolRequest,
@@ -135,7 +135,7 @@ class StreamCall(AsyncIterator[list[object]]):
             handle.remove_op(op)
             if not call.done():
                 call.cancel()
-            pool._finish(handle, errors=1 if failed else 0, is_async=is_async)
+            pool.settle(handle, errors=1 if failed else 0, is_async=is_async)
 
     def _decode(self, chunk: pb.ToolChunk) -> list[object]:
         if chunk.batch_count or chunk.batch:
@@ -163,7 +163,7 @@ class StreamCall(AsyncIterator[list[object]]):
                     worker_id=handle.worker_id,
                 )
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-            reason = await self.pool._gone_reason(handle, wait=1.0)
+            reason = await self.pool.gone_reason(handle, wait=1.0)
             if isinstance(reason, WorkerGone):
                 return reason.error_for(self.tool)
         return map_rpc_error(exc)

@@ -23,62 +23,24 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-import grpc
-import grpc.aio
-
-from snakepit_nb._errors import ClosedError, StartupError, WorkerCrashedError
+from snakepit_nb._errors import ClosedError, StartupError
 from snakepit_nb.orchestrator.launch.base import describe_exit
-from snakepit_nb.orchestrator.pool.channel import CallChannel, describe_rpc_failure
+from snakepit_nb.orchestrator.pool.channel import describe_rpc_failure
+from snakepit_nb.orchestrator.pool.connect import Connector, GrpcConnector
 from snakepit_nb.orchestrator.pool.dispatch import Dispatcher
-from snakepit_nb.orchestrator.pool.handle import WorkerHandle, WorkerState
-from snakepit_nb.protocol import auth, pb, pb_grpc
+from snakepit_nb.orchestrator.pool.handle import WorkerGone, WorkerHandle, WorkerState
+from snakepit_nb.protocol import auth
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.config import Config
     from snakepit_nb.orchestrator.launch.base import LaunchedWorker, Launcher, WorkerSpec
 
-__all__ = ["Supervisor", "WorkerGone"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger("snakepit_nb.pool")
 
 _BACKOFF_START = 0.05
 _BACKOFF_MAX = 1.0
-
-
-class WorkerGone(Exception):
-    """Internal: why an incarnation ended; each call turns it into its own user error."""
-
-    def __init__(
-        self,
-        worker_id: str,
-        pid: int | None,
-        *,
-        exit_code: int | None,
-        how: str,
-        aftermath: str,
-        closed: bool = False,
-    ) -> None:
-        super().__init__(f"worker {worker_id} (pid {pid}) {how}")
-        self.worker_id = worker_id
-        self.pid = pid
-        self.exit_code = exit_code
-        self.how = how
-        self.aftermath = aftermath
-        self.closed = closed
-
-    def error_for(self, tool: str) -> Exception:
-        """The error a call of ``tool`` raises (WorkerCrashedError, or ClosedError)."""
-        if self.closed:
-            return ClosedError(
-                f"the pool was closed while {tool!r} was running on worker {self.worker_id}; "
-                "start a new one with sp.start()"
-            )
-        return WorkerCrashedError(
-            f"worker {self.worker_id} (pid {self.pid}) {self.how} while running {tool!r}; the "
-            f"call may have had effects; {self.aftermath}",
-            worker_id=self.worker_id,
-            exit_code=self.exit_code,
-        )
 
 
 class Supervisor:
@@ -96,6 +58,7 @@ class Supervisor:
         run_id: str,
         prepare: Callable[[WorkerHandle], Awaitable[None]],
         on_gone: Callable[[WorkerHandle], None],
+        connector: Connector | None = None,
     ) -> None:
         self.config = config
         self.handles = list(handles)
@@ -105,6 +68,9 @@ class Supervisor:
         self.orchestrator_address = orchestrator_address
         self.token = token
         self.metadata: tuple[tuple[str, str], ...] = auth.token_metadata(token) if token else ()
+        self.connector: Connector = connector or GrpcConnector(
+            metadata=self.metadata, max_message_bytes=config.max_message_bytes
+        )
         self.run_id = run_id
         self._prepare = prepare
         self._on_gone = on_gone
@@ -190,7 +156,12 @@ class Supervisor:
         handle.address = launched.address
         try:
             remaining = max(1.0, self.config.startup_timeout - (time.monotonic() - started))
-            await self._connect(handle, launched, remaining)
+            await self.connector.connect(
+                handle,
+                launched,
+                remaining,
+                functools.partial(self.channel_broken, handle, handle.incarnation),
+            )
             await self._prepare(handle)
         except BaseException as exc:
             launched.kill()
@@ -216,53 +187,6 @@ class Supervisor:
             "foreign" if handle.foreign else "call channel",
         )
         self.dispatcher.pump()
-
-    async def _connect(
-        self,
-        handle: WorkerHandle,
-        launched: LaunchedWorker,
-        timeout: float,  # noqa: ASYNC109 - passed to each RPC as its deadline
-    ) -> None:
-        limit = self.config.max_message_bytes
-        options = [
-            # A worker's reply frame may coalesce answers up to a few MiB past one message.
-            (key, min(2**31 - 1, limit + 8 * 2**20))
-            if key == "grpc.max_receive_message_length"
-            else (key, value)
-            for key, value in auth.channel_options(limit)
-        ]
-        channel = grpc.aio.insecure_channel(launched.address, options=options)
-        handle.grpc_channel = channel
-        stub = pb_grpc.BridgeServiceStub(channel)
-        handle.stub = stub
-        try:
-            described = await stub.DescribeTools(
-                pb.DescribeToolsRequest(),
-                metadata=self.metadata,
-                timeout=timeout,
-                wait_for_ready=True,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise
-            # A worker without our additions (the published one): plain RPCs only; its tools
-            # arrive through the RegisterTools calls it makes.
-            handle.foreign = True
-            await stub.Ping(
-                pb.PingRequest(message="snakepit_nb"), metadata=self.metadata, timeout=timeout
-            )
-            return
-        handle.pid = described.pid or launched.pid
-        handle.tools = {spec.name: spec for spec in described.tools}
-        call_channel = CallChannel(
-            channel,
-            worker_id=handle.worker_id,
-            metadata=self.metadata,
-            max_message_bytes=self.config.max_message_bytes,
-            on_broken=functools.partial(self.channel_broken, handle, handle.incarnation),
-        )
-        await call_channel.open()
-        handle.call_channel = call_channel
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -417,15 +341,8 @@ class Supervisor:
         incarnation: int,
         timeout: float,  # noqa: ASYNC109 - the RPC's deadline
     ) -> None:
-        stub = handle.stub
-        if stub is None:
-            return
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            await stub.Ping(
-                pb.PingRequest(message="heartbeat"), metadata=self.metadata, timeout=timeout
-            )
-            if handle.incarnation == incarnation:
-                handle.last_alive = time.monotonic()
+        if await self.connector.ping(handle, timeout) and handle.incarnation == incarnation:
+            handle.last_alive = time.monotonic()
 
     def _kill_hung(self, handle: WorkerHandle, silent_for: float) -> None:
         misses = self.config.heartbeat_misses

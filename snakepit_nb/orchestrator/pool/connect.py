@@ -1,0 +1,113 @@
+"""Connecting to a started worker: the gRPC channel, the tool list, the call channel, pings.
+
+The supervisor decides *when* to connect and what a failure means; a :class:`Connector` does
+the wire part. :class:`GrpcConnector` is the one the pool uses; tests of supervision give the
+supervisor a connector of their own, so restarts, give-ups and hang detection are tested
+without sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import grpc
+import grpc.aio
+
+from snakepit_nb.orchestrator.pool.channel import CallChannel
+from snakepit_nb.protocol import auth, pb, pb_grpc
+
+if TYPE_CHECKING:
+    from snakepit_nb.orchestrator.launch.base import LaunchedWorker
+    from snakepit_nb.orchestrator.pool.handle import WorkerHandle
+
+__all__ = ["Connector", "GrpcConnector"]
+
+#: Called with the exception when a worker's call channel breaks.
+OnBroken = Callable[[BaseException], None]
+
+
+class Connector(Protocol):
+    """Connects the pool to a started worker and checks it answers."""
+
+    async def connect(
+        self,
+        handle: WorkerHandle,
+        launched: LaunchedWorker,
+        timeout: float,  # noqa: ASYNC109 - the deadline of the first RPCs
+        on_broken: OnBroken,
+    ) -> None:
+        """Fill ``handle``'s connection (stub, call channel, tools, foreign); raise if the
+        worker does not answer within ``timeout`` s."""
+
+    async def ping(self, handle: WorkerHandle, timeout: float) -> bool:  # noqa: ASYNC109
+        """Whether the worker's event loop answered a ping within ``timeout`` s."""
+
+
+class GrpcConnector:
+    """Our workers (DescribeTools, then a call channel) and foreign ones (plain RPCs)."""
+
+    def __init__(self, *, metadata: tuple[tuple[str, str], ...], max_message_bytes: int) -> None:
+        self.metadata = metadata
+        self.max_message_bytes = max_message_bytes
+
+    async def connect(
+        self,
+        handle: WorkerHandle,
+        launched: LaunchedWorker,
+        timeout: float,  # noqa: ASYNC109 - passed to each RPC as its deadline
+        on_broken: OnBroken,
+    ) -> None:
+        limit = self.max_message_bytes
+        options = [
+            # A worker's reply frame may coalesce answers up to a few MiB past one message.
+            (key, min(2**31 - 1, limit + 8 * 2**20))
+            if key == "grpc.max_receive_message_length"
+            else (key, value)
+            for key, value in auth.channel_options(limit)
+        ]
+        channel = grpc.aio.insecure_channel(launched.address, options=options)
+        handle.grpc_channel = channel
+        stub = pb_grpc.BridgeServiceStub(channel)
+        handle.stub = stub
+        try:
+            described = await stub.DescribeTools(
+                pb.DescribeToolsRequest(),
+                metadata=self.metadata,
+                timeout=timeout,
+                wait_for_ready=True,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            # A worker without our additions (the published one): plain RPCs only; its tools
+            # arrive through the RegisterTools calls it makes.
+            handle.foreign = True
+            await stub.Ping(
+                pb.PingRequest(message="snakepit_nb"), metadata=self.metadata, timeout=timeout
+            )
+            return
+        handle.pid = described.pid or launched.pid
+        handle.tools = {spec.name: spec for spec in described.tools}
+        call_channel = CallChannel(
+            channel,
+            worker_id=handle.worker_id,
+            metadata=self.metadata,
+            max_message_bytes=limit,
+            on_broken=on_broken,
+        )
+        await call_channel.open()
+        handle.call_channel = call_channel
+
+    async def ping(self, handle: WorkerHandle, timeout: float) -> bool:  # noqa: ASYNC109
+        stub = handle.stub
+        if stub is None:
+            return False
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            await stub.Ping(
+                pb.PingRequest(message="heartbeat"), metadata=self.metadata, timeout=timeout
+            )
+            return True
+        return False
