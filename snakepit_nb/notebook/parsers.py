@@ -157,12 +157,16 @@ def parse(stub: Stub, words: list[str]) -> Any:
         raise UsageError(f"{exc}\n{usage(stub)}") from None
 
 
+def _wide_formatter(prog: str) -> argparse.HelpFormatter:
+    # Usage lines of 100 columns, whatever the terminal (a kernel has none).
+    return argparse.HelpFormatter(prog, width=100)
+
+
 def usage(stub: Stub) -> str:
     """``usage: %snakepit call [-s SESSION] ... tool`` (plain text, not IPython's reST)."""
     parser = stub.parser  # type: ignore[attr-defined]
-    formatter = argparse.HelpFormatter(prog=parser.prog, width=100)
-    formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups)
-    return str(formatter.format_help()).strip()
+    parser.formatter_class = _wide_formatter
+    return str(parser.format_usage()).strip()
 
 
 def help_text(stub: Stub) -> str:

@@ -27,9 +27,36 @@ if TYPE_CHECKING:
     from snakepit_nb.worker.link import OrchestratorLink
     from snakepit_nb.worker.telemetry import TelemetryHub
 
-__all__ = ["SessionContext"]
+__all__ = ["CallControl", "SessionContext"]
 
 _NO_RESULT: Any = object()
+
+
+class CallControl:
+    """The worker's side of one call: cancel it, and collect a streaming tool's final value.
+
+    The invoker keeps it; the tool sees it only through its :class:`SessionContext`
+    (``ctx.cancelled``, ``ctx.set_result``).
+    """
+
+    __slots__ = ("_result", "cancelled")
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self._result: Any = _NO_RESULT
+
+    def cancel(self) -> None:
+        """Tell the tool its caller gave up (``ctx.cancelled`` turns true)."""
+        self.cancelled.set()
+
+    def set_result(self, value: object) -> None:
+        self._result = value
+
+    def take_result(self) -> tuple[bool, object]:
+        """``(True, value)`` if the tool set a final value, else ``(False, None)``."""
+        if self._result is _NO_RESULT:
+            return False, None
+        return True, self._result
 
 
 class SessionContext:
@@ -44,11 +71,10 @@ class SessionContext:
     """
 
     __slots__ = (
-        "_cancelled",
+        "_control",
         "_link",
         "_loop",
         "_prefetched",
-        "_result",
         "_telemetry",
         "_vars",
         "correlation_id",
@@ -71,6 +97,7 @@ class SessionContext:
         link: OrchestratorLink | None = None,
         telemetry: TelemetryHub | None = None,
         prefetched: Sequence[pb.Variable] = (),
+        control: CallControl | None = None,
     ) -> None:
         self.session_id = session_id
         self.worker_id = worker_id
@@ -82,8 +109,7 @@ class SessionContext:
         self._link = link
         self._telemetry = telemetry
         self._prefetched = list(prefetched)
-        self._cancelled = threading.Event()
-        self._result: Any = _NO_RESULT
+        self._control = control if control is not None else CallControl()
         self._vars: Any = None
         if link is not None:
             # Built here, on the loop thread: the variables client binds to the loop, and sync
@@ -99,11 +125,11 @@ class SessionContext:
         Sync tools that run for long should check it now and then and return early; async tools
         are cancelled for them (``asyncio.CancelledError`` at their next ``await``).
         """
-        return self._cancelled.is_set()
+        return self._control.cancelled.is_set()
 
     def raise_if_cancelled(self) -> None:
         """Raise CancelledError if the call was cancelled (a convenient check in loops)."""
-        if self._cancelled.is_set():
+        if self._control.cancelled.is_set():
             raise CancelledError(f"tool {self.tool_name!r} was cancelled by its caller")
 
     def wait_cancelled(self, timeout: float | None = None) -> bool:
@@ -111,10 +137,7 @@ class SessionContext:
 
         A sync tool can use it as an interruptible ``time.sleep``.
         """
-        return self._cancelled.wait(timeout)
-
-    def _cancel(self) -> None:
-        self._cancelled.set()
+        return self._control.cancelled.wait(timeout)
 
     # ------------------------------------------------------------------ variables
 
@@ -188,12 +211,7 @@ class SessionContext:
 
     def set_result(self, value: object) -> None:
         """Set a streaming tool's final value (async generators cannot ``return`` one)."""
-        self._result = value
-
-    def _take_result(self) -> tuple[bool, object]:
-        if self._result is _NO_RESULT:
-            return False, None
-        return True, self._result
+        self._control.set_result(value)
 
     def __repr__(self) -> str:
         return (

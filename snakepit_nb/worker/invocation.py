@@ -33,7 +33,7 @@ from snakepit_nb.protocol.codec import (
     error_payload,
 )
 from snakepit_nb.worker.adapter import ToolTable
-from snakepit_nb.worker.context import SessionContext
+from snakepit_nb.worker.context import CallControl, SessionContext
 from snakepit_nb.worker.definition import StreamKind, ToolDefinition
 from snakepit_nb.worker.link import OrchestratorLink
 from snakepit_nb.worker.runner import SyncRunner
@@ -54,26 +54,27 @@ class UnsendableResultError(InvalidArgumentError):
 class PreparedCall:
     """A call whose tool is found and whose arguments are bound: ready to run."""
 
-    __slots__ = ("correlation_id", "ctx", "definition", "kwargs", "session_id")
+    __slots__ = ("control", "correlation_id", "ctx", "definition", "kwargs", "session_id")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917
         self,
         definition: ToolDefinition,
         kwargs: dict[str, object],
         ctx: SessionContext | None,
         session_id: str,
         correlation_id: str,
+        control: CallControl,
     ) -> None:
         self.definition = definition
         self.kwargs = kwargs
         self.ctx = ctx
         self.session_id = session_id
         self.correlation_id = correlation_id
+        self.control = control
 
     def cancel(self) -> None:
         """Tell the tool (through ``ctx.cancelled``) that its caller gave up."""
-        if self.ctx is not None:
-            self.ctx._cancel()
+        self.control.cancel()
 
 
 class Invoker:
@@ -102,13 +103,14 @@ class Invoker:
 
     # ------------------------------------------------------------------ preparing
 
-    def make_context(
+    def make_context(  # noqa: PLR0917
         self,
         definition: ToolDefinition,
         session_id: str,
         correlation_id: str,
         metadata: Mapping[str, str],
         variables: Sequence[pb.Variable] = (),
+        control: CallControl | None = None,
     ) -> SessionContext:
         return SessionContext(
             session_id=session_id,
@@ -120,6 +122,7 @@ class Invoker:
             link=self.link,
             telemetry=self.telemetry,
             prefetched=variables,
+            control=control,
         )
 
     def prepare(self, request: pb.ExecuteToolRequest, correlation_id: str = "") -> PreparedCall:
@@ -133,14 +136,15 @@ class Invoker:
         kwargs = definition.bind(arguments)
         # It goes on as a gRPC header in callbacks to the kernel: refuse what cannot.
         correlation_id = check_correlation_id(metadata.get(CORRELATION_KEY, "") or correlation_id)
+        control = CallControl()
         ctx: SessionContext | None = None
         if definition.ctx_param is not None or definition.stream is not StreamKind.NONE:
             ctx = self.make_context(
-                definition, request.session_id, correlation_id, metadata, request.variables
+                definition, request.session_id, correlation_id, metadata, request.variables, control
             )
             if definition.ctx_param is not None:
                 kwargs[definition.ctx_param] = ctx
-        return PreparedCall(definition, kwargs, ctx, request.session_id, correlation_id)
+        return PreparedCall(definition, kwargs, ctx, request.session_id, correlation_id, control)
 
     # ------------------------------------------------------------------ unary calls
 
@@ -287,9 +291,7 @@ class Invoker:
 
     # ------------------------------------------------------------------ batches
 
-    async def run_batch(
-        self, batch: pb.BatchCall, *, cancel: SessionContext | None = None
-    ) -> bytes:
+    async def run_batch(self, batch: pb.BatchCall) -> bytes:
         """Run one tool over many argument sets; the codec JSON array of per-item results."""
         definition = self.table.get(batch.tool_name)
         try:
@@ -302,7 +304,10 @@ class Invoker:
                 f"argument objects, got {type(items).__name__}"
             )
         correlation_id = check_correlation_id(batch.metadata.get(CORRELATION_KEY, ""))
-        ctx = self.make_context(definition, batch.session_id, correlation_id, batch.metadata)
+        control = CallControl()
+        ctx = self.make_context(
+            definition, batch.session_id, correlation_id, batch.metadata, control=control
+        )
         started = time.perf_counter_ns()
         if self.telemetry.active:
             self.telemetry.tool_event(
@@ -323,7 +328,7 @@ class Invoker:
                     self.executor, self._run_sync_batch, definition, items, ctx, batch.session_id
                 )
         except asyncio.CancelledError:
-            ctx._cancel()
+            control.cancel()
             raise
         if len(data) > self.max_message_bytes:
             raise self._too_large(definition, len(data))
@@ -364,7 +369,7 @@ class Invoker:
         results: list[list[object]] = []
         append = results.append
         for item in items:
-            if ctx._cancelled.is_set():
+            if ctx.cancelled:
                 break
             try:
                 kwargs = self._bind_item(definition, item, ctx)

@@ -270,7 +270,7 @@ async def _drive_async(buffer: ChunkBuffer, call: PreparedCall) -> None:
         agen = produced
         async for value in agen:
             await buffer.apush(value)
-        buffer.finish(call.ctx._take_result() if call.ctx is not None else (False, None))
+        buffer.finish(call.control.take_result())
     except _Stopped:
         pass
     except asyncio.CancelledError:
