@@ -49,7 +49,7 @@ class ClientStatus:
     pool: Any  # the pool's own PoolStatus, with everything it reports
 
     def _repr_html_(self) -> str:
-        from snakepit_nb.notebook.widgets.pool import pool_status_html
+        from snakepit_nb.display.reprs import pool_status_html
 
         return pool_status_html(self, live=False)
 
@@ -407,7 +407,7 @@ class Client:
         return f"<Client {self.run_id} {state}>"
 
     def _repr_html_(self) -> str:
-        from snakepit_nb.notebook.reprs import client_html
+        from snakepit_nb.display.reprs import client_html
 
         return client_html(self, None if self.closed else self.status())
 

@@ -41,7 +41,7 @@ class SessionInfo:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     def _repr_html_(self) -> str:
-        from snakepit_nb.notebook.reprs import session_info_html
+        from snakepit_nb.display.reprs import session_info_html
 
         return session_info_html(self)
 
@@ -372,7 +372,7 @@ class Session:
         return f"<Session {self.session_id!r}>"
 
     def _repr_html_(self) -> str:
-        from snakepit_nb.notebook.reprs import session_html
+        from snakepit_nb.display.reprs import session_html
 
         return session_html(self)
 

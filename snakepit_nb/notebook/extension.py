@@ -1,7 +1,7 @@
 """The IPython extension: ``%load_ext snakepit_nb``.
 
 Loading is cheap and idempotent: it registers the ``%snakepit`` and ``%%snakepit_tool`` magics
-and prepares a :class:`NotebookRuntime` for the shell. The worker pool starts with
+and prepares the shell's runtime (:mod:`snakepit_nb.notebook.runtime`). The worker pool starts with
 ``%snakepit start`` -- or by itself, with the default settings, the first time a magic needs
 it -- or at load when the environment says ``SNAKEPIT_NB_AUTOSTART=1`` (or a worker count).
 ``%unload_ext`` and ``%reload_ext`` stop what the extension started (views, streams, pool);
@@ -15,200 +15,26 @@ The runtime lives in this submodule, not in ``snakepit_nb/__init__.py``, because
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
-import threading
-import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from snakepit_nb._loop import get_loop_thread
-
-from .widgets.pump import DEFAULT_BUDGET, DEFAULT_HZ, UIPump
+from snakepit_nb.notebook.runtime import forget, runtime_for, shutdown_all
 
 AUTOSTART_ENV = "SNAKEPIT_NB_AUTOSTART"
-NONINTERACTIVE_ENV = "SNAKEPIT_NONINTERACTIVE"
-DEFAULT_SESSION = "notebook"
 
-
-@dataclass
-class NotebookSettings:
-    """What ``%snakepit config`` shows and changes."""
-
-    workers: int = 2
-    adapter: str = "snakepit_nb.adapters.showcase:ShowcaseAdapter"
-    python: str | None = None
-    start_options: dict[str, Any] = field(default_factory=dict)
-    ui_hz: float = DEFAULT_HZ
-    ui_budget: float = DEFAULT_BUDGET
-    tail_lines: int = 12
-    interactive: bool = True
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "workers": self.workers,
-            "adapter": self.adapter,
-            "python": self.python,
-            "start_options": dict(self.start_options),
-            "ui_hz": self.ui_hz,
-            "ui_budget": self.ui_budget,
-            "tail_lines": self.tail_lines,
-            "interactive": self.interactive,
-        }
-
-
-class NotebookRuntime:
-    """What the extension owns in one shell: the client, the current session, live views.
-
-    Magics reach it through :func:`runtime_for`. ``client`` is ``None`` until the pool starts.
-    """
-
-    def __init__(self, shell: Any) -> None:
-        self.shell = shell
-        self.settings = NotebookSettings()
-        self.settings.interactive = os.environ.get(NONINTERACTIVE_ENV, "") in ("", "0")
-        self.client: Any = None
-        self.sessions: dict[str, Any] = {}
-        self.current_session = DEFAULT_SESSION
-        self.pump = UIPump(hz=self.settings.ui_hz, budget=self.settings.ui_budget)
-        self.views: list[Any] = []
-        self.streams: list[Any] = []
-        self._lock = threading.RLock()
-        self.closed = False
-
-    # -- the pool ---------------------------------------------------------------------------
-    def start(self, **overrides: Any) -> Any:
-        """Start the pool with the settings (``overrides`` win); returns the client."""
-        import snakepit_nb as sp
-
-        with self._lock:
-            if self.client is not None and not getattr(self.client, "closed", False):
-                return self.client
-            options: dict[str, Any] = {
-                "workers": self.settings.workers,
-                "adapter": self.settings.adapter,
-                **self.settings.start_options,
-            }
-            if self.settings.python:
-                options["python"] = self.settings.python
-            options.update({k: v for k, v in overrides.items() if v is not None})
-            self.client = sp.start(**options)
-            self.sessions.clear()
-            self.closed = False
-            return self.client
-
-    def running(self) -> bool:
-        return self.client is not None and not getattr(self.client, "closed", False)
-
-    def ensure_client(self, announce: Callable[[str], None] | None = None) -> Any:
-        """The running client; starts the pool with the defaults on first use."""
-        if self.running():
-            return self.client
-        if announce is not None:
-            announce(
-                f"snakepit: starting {self.settings.workers} workers "
-                f"({self.settings.adapter}); change with %snakepit start -n N --adapter X"
-            )
-        return self.start()
-
-    def stop(self) -> bool:
-        """Stop views, streams and the pool; returns whether a pool was running."""
-        with self._lock:
-            for handle in list(self.streams):
-                handle.cancel()
-            self.streams.clear()
-            for view in list(self.views):
-                stop = getattr(view, "stop", None)
-                if stop is not None:
-                    stop()
-                else:
-                    view.close()
-            self.views.clear()
-            client, self.client = self.client, None
-            self.sessions.clear()
-            if client is None or getattr(client, "closed", False):
-                return False
-            client.close()
-            return True
-
-    def shutdown(self) -> None:
-        """Stop everything (unload, kernel exit); never raises."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.stop()
-        finally:
-            thread = get_loop_thread()
-            if thread.is_alive():
-                # The loop may be going away with the process: nothing left to stop then.
-                with contextlib.suppress(Exception):
-                    thread.run(self.pump.aclose(), timeout=5)
-
-    # -- sessions ---------------------------------------------------------------------------
-    def session(
-        self, name: str | None = None, *, announce: Callable[[str], None] | None = None
-    ) -> Any:
-        """The named session (the current one by default), created if needed."""
-        client = self.ensure_client(announce)
-        sid = name or self.current_session
-        with self._lock:
-            session = self.sessions.get(sid)
-            if session is None:
-                session = client.session(sid)
-                self.sessions[sid] = session
-            return session
-
-    # -- live views -------------------------------------------------------------------------
-    def track(self, view: Any) -> None:
-        with self._lock:
-            self.views = [v for v in self.views if not v.finished()]
-            self.views.append(view)
-        self.pump.add(view)
-
-    def track_stream(self, handle: Any) -> None:
-        with self._lock:
-            self.streams = [h for h in self.streams if not h.done()]
-            self.streams.append(handle)
-
-    def apply_ui_settings(self) -> None:
-        self.pump.hz = self.settings.ui_hz
-        self.pump.budget = self.settings.ui_budget
-
-
-_runtimes: dict[int, NotebookRuntime] = {}
-_shells: dict[int, weakref.ref[Any]] = {}
 _atexit_registered = False
-
-
-def runtime_for(shell: Any) -> NotebookRuntime:
-    """The runtime of ``shell`` (created on first use)."""
-    key = id(shell)
-    runtime = _runtimes.get(key)
-    if runtime is None or runtime.closed:
-        runtime = NotebookRuntime(shell)
-        _runtimes[key] = runtime
-        _shells[key] = weakref.ref(shell)
-    return runtime
-
-
-def _shutdown_all() -> None:
-    for runtime in list(_runtimes.values()):
-        runtime.shutdown()
-    _runtimes.clear()
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register the magics (idempotent); start the pool now if SNAKEPIT_NB_AUTOSTART says so."""
     global _atexit_registered
-    from .magics import SnakepitMagics
+    from snakepit_nb.notebook.magics import SnakepitMagics
 
     runtime = runtime_for(ipython)
     ipython.register_magics(SnakepitMagics(ipython, runtime))
     if not _atexit_registered:
         # Runs before IPython's own atexit hook (LIFO) while the loop thread is still alive.
-        atexit.register(_shutdown_all)
+        atexit.register(shutdown_all)
         _atexit_registered = True
     autostart = os.environ.get(AUTOSTART_ENV, "").strip()
     if autostart and autostart not in ("0", "false", "no"):
@@ -219,8 +45,6 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Stop the views, streams and pool this shell's extension started."""
-    key = id(ipython)
-    runtime = _runtimes.pop(key, None)
-    _shells.pop(key, None)
+    runtime = forget(ipython)
     if runtime is not None:
         runtime.shutdown()

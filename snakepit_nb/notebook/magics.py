@@ -27,8 +27,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from . import parsers
 from .arguments import expand_word, parse_value, split_arguments, split_words
 from .cell_tools import define_cell_tool
-from .extension import DEFAULT_SESSION, NotebookRuntime
 from .reprs import History, RecordList, SessionTable, ToolTable
+from .runtime import DEFAULT_SESSION, NotebookRuntime
 from .widgets.view import in_kernel
 
 

@@ -94,7 +94,7 @@ class ToolSpec:
         return f"{self.name}({', '.join(parts)})"
 
     def _repr_html_(self) -> str:
-        from snakepit_nb.notebook.reprs import tool_spec_html
+        from snakepit_nb.display.reprs import tool_spec_html
 
         return tool_spec_html(self)
 

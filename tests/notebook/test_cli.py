@@ -10,7 +10,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from snakepit_nb.cli import main
-from snakepit_nb.notebook.extension import runtime_for
+from snakepit_nb.notebook.runtime import runtime_for
 
 pytestmark = pytest.mark.notebook
 

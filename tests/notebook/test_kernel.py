@@ -131,7 +131,7 @@ def test_interrupt_cancels_a_10s_call_and_the_workers_survive(kernel: Kernel):
     pids = kernel.value(PIDS)
     code = (
         "import threading, time\n"
-        "from snakepit_nb.notebook.extension import runtime_for\n"
+        "from snakepit_nb.notebook.runtime import runtime_for\n"
         "_client = runtime_for(get_ipython()).client\n"
         "def _announce():\n"
         "    while not any(w.in_flight for w in _client.status().workers):\n"

@@ -16,7 +16,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import snakepit_nb as sp
-from snakepit_nb.notebook.extension import runtime_for
+from snakepit_nb.notebook.runtime import runtime_for
 
 pytestmark = pytest.mark.notebook
 

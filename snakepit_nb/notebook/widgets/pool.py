@@ -14,67 +14,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from snakepit_nb._loop import LoopThread
-from snakepit_nb.notebook import formatting as fmt
+from snakepit_nb.display import formatting as fmt
+from snakepit_nb.display.reprs import pool_status_html
 
 from .pump import UIPump
 from .view import DisplayedView
 
 StatusSource = Callable[[], Awaitable[Any]]
-
-
-def pool_status_html(status: Any, *, live: bool = True) -> str:
-    """The worker table for a ``PoolStatus``-like object (``workers``, ``queue_length``)."""
-    workers = list(getattr(status, "workers", []) or [])
-    rows = []
-    for wk in workers:
-        state = str(getattr(wk, "state", "?"))
-        last_error = str(getattr(wk, "last_error", "") or "")
-        err = (
-            f'<span title="{fmt.esc(last_error)}" style="color:{fmt.RED}">'
-            f"{fmt.esc(fmt.short_repr(last_error, 50).strip(chr(39)))}</span>"
-            if last_error
-            else ""
-        )
-        rows.append(
-            [
-                f"<b>{fmt.esc(getattr(wk, 'worker_id', '?'))}</b>",
-                fmt.esc(getattr(wk, "pid", None) or "–"),
-                fmt.badge(state),
-                fmt.esc(getattr(wk, "in_flight", 0)),
-                fmt.count(int(getattr(wk, "calls", 0) or 0)),
-                fmt.count(int(getattr(wk, "errors", 0) or 0)),
-                fmt.esc(getattr(wk, "restarts", 0)),
-                fmt.size(getattr(wk, "rss", None)),
-                fmt.duration(getattr(wk, "uptime", None)),
-                err,
-            ]
-        )
-    queue = getattr(status, "queue_length", 0)
-    n_ready = sum(1 for wk in workers if str(getattr(wk, "state", "")) in ("ready", "busy", "idle"))
-    title = (
-        f'<div style="font-family:{fmt.FONT};font-size:13px;margin-bottom:4px">'
-        f"<b>snakepit pool</b> "
-        f'<span style="color:{fmt.MUTED}">· {n_ready}/{len(workers)} workers up · '
-        f"queue {queue}{' · live' if live else ''}</span></div>"
-    )
-    if not workers:
-        return title + f'<div style="color:{fmt.MUTED}">no workers</div>'
-    return title + fmt.table(
-        [
-            "worker",
-            "pid",
-            "state",
-            "in flight",
-            "calls",
-            "errors",
-            "restarts",
-            "memory",
-            "uptime",
-            "last error",
-        ],
-        rows,
-        css_class="snakepit-pool-rows",
-    )
 
 
 class PoolView(DisplayedView):

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from snakepit_nb._loop import LoopThread, wait_interruptibly
-from snakepit_nb.notebook import formatting as fmt
+from snakepit_nb.display import formatting as fmt
 
 from .pump import UIPump
 from .view import DisplayedView
@@ -273,7 +273,7 @@ class StreamHandle:
         return f"<StreamHandle {self.summary()}>"
 
     def _repr_html_(self) -> str:
-        from snakepit_nb.notebook.reprs import stream_handle_html
+        from snakepit_nb.display.reprs import stream_handle_html
 
         return stream_handle_html(self)
 
@@ -398,7 +398,7 @@ class StreamView(DisplayedView):
     def _result_html(self) -> str:
         h = self.handle
         if h.error is not None:
-            from snakepit_nb.notebook.reprs import error_html
+            from snakepit_nb.display.reprs import error_html
 
             return error_html(h.error)
         if h.status == "cancelled":

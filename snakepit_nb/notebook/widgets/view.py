@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from snakepit_nb.notebook import formatting as fmt
+from snakepit_nb.display import formatting as fmt
 
 
 def in_kernel() -> bool:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from snakepit_nb._loop import LoopThread
-from snakepit_nb.notebook import formatting as fmt
+from snakepit_nb.display import formatting as fmt
 
 from .pump import UIPump
 from .view import DisplayedView

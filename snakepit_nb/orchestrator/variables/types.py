@@ -168,7 +168,7 @@ class VariableRecord:
         return self.source
 
     def _repr_html_(self) -> str:
-        from snakepit_nb.notebook.reprs import variable_html
+        from snakepit_nb.display.reprs import variable_html
 
         return variable_html(self)
 
