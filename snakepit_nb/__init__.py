@@ -48,12 +48,14 @@ from snakepit_nb._errors import (
 )
 
 if TYPE_CHECKING:
-    from snakepit_nb.client.clients import AsyncClient, Client, ClientStatus, astart, start
-    from snakepit_nb.client.sessions import AsyncSession, Session, SessionInfo
+    from snakepit_nb.client.clients import AsyncClient, Client, astart, start
+    from snakepit_nb.client.sessions import AsyncSession, Session
     from snakepit_nb.client.streams import AsyncStream, Stream
     from snakepit_nb.client.variables import AsyncVariables, Variables
     from snakepit_nb.orchestrator.config import Config
     from snakepit_nb.orchestrator.registry import ParameterInfo, ToolSpec
+    from snakepit_nb.orchestrator.sessions import SessionInfo
+    from snakepit_nb.orchestrator.status import ClientStatus
     from snakepit_nb.worker.adapter import Adapter, tool
     from snakepit_nb.worker.context import SessionContext
 
@@ -112,10 +114,10 @@ _LAZY = {
     "astart": "snakepit_nb.client.clients",
     "Client": "snakepit_nb.client.clients",
     "AsyncClient": "snakepit_nb.client.clients",
-    "ClientStatus": "snakepit_nb.client.clients",
+    "ClientStatus": "snakepit_nb.orchestrator.status",
     "Session": "snakepit_nb.client.sessions",
     "AsyncSession": "snakepit_nb.client.sessions",
-    "SessionInfo": "snakepit_nb.client.sessions",
+    "SessionInfo": "snakepit_nb.orchestrator.sessions",
     "Stream": "snakepit_nb.client.streams",
     "AsyncStream": "snakepit_nb.client.streams",
     "Variables": "snakepit_nb.client.variables",

@@ -8,6 +8,7 @@ its service methods; nothing reaches into the pool, the registry or the stores b
 
 from __future__ import annotations
 
-from snakepit_nb.client.clients import AsyncClient, Client, ClientStatus, astart, start
+from snakepit_nb.client.clients import AsyncClient, Client, astart, start
+from snakepit_nb.orchestrator.status import ClientStatus
 
 __all__ = ["AsyncClient", "Client", "ClientStatus", "astart", "start"]

@@ -20,60 +20,20 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
 from snakepit_nb._loop import LoopThread, get_loop_thread
-from snakepit_nb.client.sessions import AsyncSession, Session, SessionInfo, session_info
+from snakepit_nb.client.sessions import AsyncSession, Session
 from snakepit_nb.client.streams import AsyncTelemetryFeed, TelemetryFeed, on_loop
 from snakepit_nb.orchestrator.config import Config
 from snakepit_nb.orchestrator.orchestrator import Orchestrator
 from snakepit_nb.orchestrator.registry import ToolSpec, check_tool_name
-from snakepit_nb.orchestrator.sessions import SessionStats
+from snakepit_nb.orchestrator.service import Service
+from snakepit_nb.orchestrator.sessions import SessionInfo
+from snakepit_nb.orchestrator.status import ClientStatus
 
 __all__ = ["AsyncClient", "Client", "ClientStatus", "astart", "start"]
-
-
-@dataclass(frozen=True)
-class ClientStatus:
-    """What ``client.status()`` reports: the pool's workers, the queue, sessions and tools."""
-
-    run_id: str
-    address: str
-    workers: tuple[Any, ...]  # WorkerStatus snapshots from the pool
-    queue_length: int
-    sessions: SessionStats
-    tools: int
-    kernel_tools: int
-    pool: Any  # the pool's own PoolStatus, with everything it reports
-
-    def _repr_html_(self) -> str:
-        from snakepit_nb.display.reprs import pool_status_html
-
-        return pool_status_html(self, live=False)
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(str(self))
-
-    def __str__(self) -> str:
-        lines = [
-            f"snakepit_nb runtime {self.run_id} on {self.address}: {len(self.workers)} workers, "
-            f"queue {self.queue_length}, {self.sessions.active} sessions, {self.tools} tools "
-            f"({self.kernel_tools} in the kernel)",
-            f"{'worker':<8} {'pid':>8} {'state':<11} {'in-flight':>9} {'calls':>8} "
-            f"{'errors':>6} {'restarts':>8} {'rss MiB':>8}",
-        ]
-        for w in self.workers:
-            rss = getattr(w, "rss", None)
-            lines.append(
-                f"{getattr(w, 'worker_id', '?'):<8} {getattr(w, 'pid', None) or '-':>8} "
-                f"{getattr(w, 'state', '?')!s:<11} {getattr(w, 'in_flight', 0):>9} "
-                f"{getattr(w, 'calls', 0):>8} {getattr(w, 'errors', 0):>6} "
-                f"{getattr(w, 'restarts', 0):>8} "
-                f"{(f'{rss / 2**20:.0f}' if rss else '-'):>8}"
-            )
-        return "\n".join(lines)
 
 
 def _parse_tool_source(
@@ -138,7 +98,9 @@ class AsyncClient:
     """
 
     def __init__(self, orchestrator: Orchestrator, loop_thread: LoopThread) -> None:
-        self._orch = orchestrator
+        self._runtime = orchestrator
+        # Everything below asks the orchestrator through its service API only.
+        self._orch: Service = orchestrator
         self._loop_thread = loop_thread
 
     @classmethod
@@ -171,7 +133,7 @@ class AsyncClient:
     @property
     def orchestrator(self) -> Orchestrator:
         """The runtime's internals (server, sessions, registry, pool), for tools and tests."""
-        return self._orch
+        return self._runtime
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.config.workers} workers"
@@ -185,8 +147,7 @@ class AsyncClient:
 
     async def _tools(self) -> list[ToolSpec]:
         self._orch.check_open()
-        specs = sorted(self._orch.registry.specs(), key=lambda s: s.name)
-        return [ToolSpec.from_pb(spec) for spec in specs]
+        return [ToolSpec.from_pb(spec) for spec in self._orch.tool_specs()]
 
     async def define_tool(
         self,
@@ -212,27 +173,12 @@ class AsyncClient:
     async def _define_tool(
         self, name: str, source: str, function: str, streaming: bool, description: str
     ) -> ToolSpec:
-        orch = self._orch
-        orch.check_open()
-        spec = await orch.pool.define_tool(name, source, function, streaming, description)
-        orch.registry.add_cell_tool(spec)
+        spec = await self._orch.define_tool(name, source, function, streaming, description)
         return ToolSpec.from_pb(spec)
 
     async def remove_tool(self, name: str) -> None:
         """Remove a cell-defined tool from every worker."""
-        await on_loop(self._loop_thread, self._remove_tool(name))
-
-    async def _remove_tool(self, name: str) -> None:
-        orch = self._orch
-        orch.check_open()
-        if name not in {s.name for s in orch.registry.cell_tools()}:
-            cells = ", ".join(s.name for s in orch.registry.cell_tools()) or "none"
-            raise InvalidArgumentError(
-                f"{name!r} is not a cell-defined tool, so it cannot be removed; cell-defined "
-                f"tools: {cells}"
-            )
-        await orch.pool.remove_tool(name)
-        orch.registry.remove_cell_tool(name)
+        await on_loop(self._loop_thread, self._orch.remove_tool(name))
 
     async def register_kernel_tool(
         self,
@@ -252,17 +198,14 @@ class AsyncClient:
     async def _register_kernel_tool(
         self, function: Callable[..., Any], name: str | None, description: str | None
     ) -> ToolSpec:
-        self._orch.check_open()
-        spec = self._orch.kernel_tools.register(function, name=name, description=description)
-        return ToolSpec.from_pb(spec)
+        return ToolSpec.from_pb(self._orch.register_kernel_tool(function, name, description))
 
     async def unregister_kernel_tool(self, name: str) -> None:
         """Remove a kernel tool."""
         await on_loop(self._loop_thread, self._unregister_kernel_tool(name))
 
     async def _unregister_kernel_tool(self, name: str) -> None:
-        self._orch.check_open()
-        self._orch.kernel_tools.unregister(name)
+        self._orch.unregister_kernel_tool(name)
 
     # ------------------------------------------------------------------ sessions
 
@@ -290,14 +233,13 @@ class AsyncClient:
         self, session_id: str | None, strict_affinity: bool, limit: float | None
     ) -> AsyncSession:
         orch = self._orch
-        orch.check_open()
-        record = orch.sessions.create(session_id, strict_affinity=strict_affinity)
+        sid = orch.open_session(session_id, strict_affinity=strict_affinity)
         effective = limit if limit is not None else orch.config.call_timeout
         return AsyncSession(
             orch,
             self._loop_thread,
-            record.session_id,
-            strict_affinity=record.strict_affinity,
+            sid,
+            strict_affinity=orch.session_info(sid).strict_affinity,
             timeout=effective,
         )
 
@@ -306,9 +248,7 @@ class AsyncClient:
         return await on_loop(self._loop_thread, self._sessions())
 
     async def _sessions(self) -> list[SessionInfo]:
-        orch = self._orch
-        orch.check_open()
-        return [session_info(orch, r.session_id) for r in orch.sessions.records()]
+        return self._orch.session_infos()
 
     # ------------------------------------------------------------------ status and closing
 
@@ -317,19 +257,7 @@ class AsyncClient:
         return await on_loop(self._loop_thread, self._status())
 
     async def _status(self) -> ClientStatus:
-        orch = self._orch
-        orch.check_open()
-        pool_status = orch.pool.status()
-        return ClientStatus(
-            run_id=orch.run_id,
-            address=orch.address,
-            workers=tuple(getattr(pool_status, "workers", ())),
-            queue_length=int(getattr(pool_status, "queue_length", 0)),
-            sessions=orch.sessions.stats(),
-            tools=len(orch.registry.specs()),
-            kernel_tools=len(orch.kernel_tools.names()),
-            pool=pool_status,
-        )
+        return self._orch.status()
 
     async def telemetry(
         self, *, prefix: tuple[str, ...] = (), maxsize: int = 1000
@@ -343,8 +271,7 @@ class AsyncClient:
         return await on_loop(self._loop_thread, self._telemetry(prefix, maxsize))
 
     async def _telemetry(self, prefix: tuple[str, ...], maxsize: int) -> AsyncTelemetryFeed:
-        self._orch.check_open()
-        subscription = self._orch.telemetry.subscribe(maxsize=maxsize, prefix=tuple(prefix))
+        subscription = self._orch.subscribe_telemetry(prefix=tuple(prefix), maxsize=maxsize)
         return AsyncTelemetryFeed(self._loop_thread, subscription)
 
     async def aclose(self) -> None:

@@ -7,70 +7,23 @@ statistics. ``AsyncSession`` methods run on the snakepit loop thread whatever lo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from snakepit_nb._errors import CallTimeoutError, InvalidArgumentError
-from snakepit_nb.client.streams import AsyncStream, Stream, kernel_tool_error, on_loop
+from snakepit_nb._errors import InvalidArgumentError
+from snakepit_nb.client.streams import AsyncStream, Stream, on_loop
+from snakepit_nb.orchestrator.sessions import SessionInfo
 
 if TYPE_CHECKING:
     from snakepit_nb._loop import LoopThread
     from snakepit_nb.client.variables import AsyncVariables, Variables
-    from snakepit_nb.orchestrator.orchestrator import Orchestrator
+    from snakepit_nb.orchestrator.routing import BatchStream
+    from snakepit_nb.orchestrator.service import Service
 
-__all__ = ["AsyncSession", "Session", "SessionInfo"]
+__all__ = ["AsyncSession", "Session"]
 
 # Keyword arguments of ``call``/``stream`` that are not passed to the tool.
 RESERVED = ("_timeout",)
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """A snapshot of one session."""
-
-    session_id: str
-    created_at: float  # time.time() when it was created
-    idle_seconds: float
-    call_count: int
-    error_count: int
-    last_worker: str | None
-    strict_affinity: bool
-    variable_count: int = 0
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-    def _repr_html_(self) -> str:
-        from snakepit_nb.display.reprs import session_info_html
-
-        return session_info_html(self)
-
-    def __str__(self) -> str:
-        worker = self.last_worker or "-"
-        return (
-            f"session {self.session_id!r}: {self.call_count} calls ({self.error_count} failed), "
-            f"{self.variable_count} variables, last worker {worker}, idle "
-            f"{self.idle_seconds:.0f} s"
-        )
-
-
-def session_info(orch: Orchestrator, session_id: str) -> SessionInfo:
-    record = orch.sessions.peek(session_id)
-    last_worker = record.last_worker
-    if not orch.closed and orch.has_pool:
-        # The pool's dispatcher knows where the session's calls ran (its affinity hint).
-        last_worker = orch.pool.dispatcher.bound_worker(session_id) or last_worker
-    return SessionInfo(
-        session_id=record.session_id,
-        created_at=record.created_at,
-        idle_seconds=orch.sessions.idle_seconds(record),
-        call_count=record.call_count,
-        error_count=record.error_count,
-        last_worker=last_worker,
-        strict_affinity=record.strict_affinity,
-        variable_count=orch.variable_count(record.session_id),
-        metadata=dict(record.metadata),
-    )
 
 
 def _split_reserved(kwargs: dict[str, Any], default: float | None) -> float | None:
@@ -94,14 +47,14 @@ class AsyncSession:
 
     def __init__(
         self,
-        orchestrator: Orchestrator,
+        service: Service,
         loop_thread: LoopThread,
         session_id: str,
         *,
         strict_affinity: bool = False,
         timeout: float | None = None,
     ) -> None:
-        self._orch = orchestrator
+        self._service = service
         self._loop_thread = loop_thread
         self._session_id = session_id
         self._strict_affinity = strict_affinity
@@ -132,7 +85,7 @@ class AsyncSession:
         if self._vars is None:
             from snakepit_nb.client.variables import AsyncVariables
 
-            self._vars = AsyncVariables(self._orch, self._loop_thread, self.session_id)
+            self._vars = AsyncVariables(self._service, self._loop_thread, self.session_id)
         return self._vars
 
     def __repr__(self) -> str:
@@ -150,45 +103,9 @@ class AsyncSession:
         return await on_loop(self._loop_thread, self._call(tool, kwargs, timeout))
 
     async def _call(self, tool: str, kwargs: dict[str, Any], limit: float | None) -> Any:
-        orch = self._orch
-        orch.check_open()
-        orch.sessions.get(self.session_id)
-        if orch.is_kernel_call(tool):
-            return await self._call_kernel(tool, kwargs, limit)
-        # The tool's required_variables travel with the call: reading them costs no round trip.
-        spec = orch.registry.worker_tool(tool)
-        required = spec.required_variables if spec is not None else ()
-        try:
-            result = await orch.pool.call(
-                self.session_id,
-                tool,
-                kwargs,
-                timeout=limit,
-                affinity="strict" if self.strict_affinity else "hint",
-                variables=orch.variables.prefetch(self.session_id, required) if required else (),
-            )
-        except Exception:
-            orch.sessions.record_call(self.session_id, failed=True)
-            raise
-        orch.sessions.record_call(self.session_id)
-        return result
-
-    async def _call_kernel(self, tool: str, kwargs: dict[str, Any], limit: float | None) -> Any:
-        kernel = self._orch.kernel_tools
-        spec = kernel.get(tool)
-        arguments = kernel.bind(spec, kwargs)
-        self._orch.sessions.record_call(self.session_id, "kernel")
-        try:
-            async with asyncio.timeout(limit):
-                return await kernel.invoke(spec, arguments)
-        except TimeoutError as exc:
-            raise CallTimeoutError(
-                f"kernel tool {tool!r} did not finish within {limit} s; pass a larger "
-                "_timeout= or make the tool faster"
-            ) from exc
-        except Exception as exc:
-            self._orch.sessions.record_call(self.session_id, None, failed=True)
-            raise kernel_tool_error(exc, tool, self.session_id) from exc
+        return await self._service.call(
+            self.session_id, tool, kwargs, timeout=limit, strict_affinity=self.strict_affinity
+        )
 
     def stream(self, tool: str, /, **kwargs: Any) -> AsyncStream:
         """Start a streaming call; iterate the result with ``async for``."""
@@ -197,23 +114,10 @@ class AsyncSession:
             self._loop_thread, tool, lambda: self._open_stream(tool, kwargs, timeout)
         )
 
-    def _open_stream(self, tool: str, kwargs: dict[str, Any], timeout: float | None) -> Any:
+    def _open_stream(self, tool: str, kwargs: dict[str, Any], timeout: float | None) -> BatchStream:
         # Runs on the loop thread, at the first read.
-        orch = self._orch
-        orch.check_open()
-        orch.sessions.get(self.session_id)
-        if orch.is_kernel_call(tool):
-            return _KernelStream(orch, self.session_id, tool, kwargs)
-        spec = orch.registry.worker_tool(tool)
-        required = spec.required_variables if spec is not None else ()
-        orch.sessions.record_call(self.session_id)
-        return orch.pool.stream(
-            self.session_id,
-            tool,
-            kwargs,
-            timeout=timeout,
-            affinity="strict" if self.strict_affinity else "hint",
-            variables=orch.variables.prefetch(self.session_id, required) if required else (),
+        return self._service.stream(
+            self.session_id, tool, kwargs, timeout=timeout, strict_affinity=self.strict_affinity
         )
 
     async def map(
@@ -249,32 +153,12 @@ class AsyncSession:
         return_exceptions: bool,
         limit: float | None,
     ) -> list[Any]:
-        orch = self._orch
-        orch.check_open()
-        orch.sessions.get(self.session_id)
-        if not items:
-            return []
-        kernel = orch.is_kernel_call(tool)
-        if kernel:
-            outcomes = await asyncio.gather(
-                *(self._call_kernel(tool, kw, limit) for kw in items), return_exceptions=True
-            )
-            results = [(not isinstance(o, BaseException), o) for o in outcomes]
-        else:
-            results = list(await orch.pool.map(self.session_id, tool, items, timeout=limit))
-        values: list[Any] = []
-        first_error: BaseException | None = None
-        failures = 0
-        for ok, value in results:
-            if not ok:
-                failures += 1
-                if first_error is None:
-                    first_error = value
-            values.append(value)
-        if not kernel:  # kernel items were counted one by one
-            orch.sessions.record_call(self.session_id, calls=len(values), failures=failures)
-        if first_error is not None and not return_exceptions:
-            raise first_error
+        results = await self._service.map(self.session_id, tool, items, timeout=limit)
+        values = [value for _, value in results]
+        if not return_exceptions:
+            for ok, value in results:
+                if not ok:
+                    raise value  # type: ignore[misc]
         return values
 
     # ------------------------------------------------------------------ the session itself
@@ -284,48 +168,20 @@ class AsyncSession:
         return await on_loop(self._loop_thread, self._info())
 
     async def _info(self) -> SessionInfo:
-        self._orch.check_open()
-        return session_info(self._orch, self.session_id)
+        return self._service.session_info(self.session_id)
 
     async def aclose(self) -> None:
         """Close the session on the orchestrator; its variables go with it."""
         await on_loop(self._loop_thread, self._close())
 
     async def _close(self) -> None:
-        if not self._orch.closed:
-            await self._orch.sessions.cleanup(self.session_id)
+        await self._service.close_session(self.session_id)
 
     async def __aenter__(self) -> AsyncSession:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-class _KernelStream:
-    """Batches of a streaming kernel tool, with its errors shaped like a worker's."""
-
-    def __init__(self, orch: Orchestrator, session_id: str, tool: str, kwargs: dict[str, Any]):
-        self._inner = orch.kernel_tools.stream(tool, kwargs)
-        self._tool = tool
-        self._session_id = session_id
-        self.result: object = None
-
-    def __aiter__(self) -> _KernelStream:
-        return self
-
-    async def __anext__(self) -> list[object]:
-        try:
-            batch = await self._inner.__anext__()
-        except StopAsyncIteration:
-            self.result = self._inner.result
-            raise
-        except Exception as exc:
-            raise kernel_tool_error(exc, self._tool, self._session_id) from exc
-        return batch
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 class Session:

@@ -45,7 +45,7 @@ from snakepit_nb.orchestrator.variables.watchers import VariableChange, Watcher
 
 if TYPE_CHECKING:
     from snakepit_nb._loop import LoopThread
-    from snakepit_nb.orchestrator.orchestrator import Orchestrator
+    from snakepit_nb.orchestrator.service import Service
     from snakepit_nb.orchestrator.variables.store import VariableStore
 
 __all__ = [
@@ -144,10 +144,8 @@ class AsyncVariables:
     Same method names as the blocking ``Variables`` (``session.vars`` of a ``Session``).
     """
 
-    def __init__(
-        self, orchestrator: Orchestrator, loop_thread: LoopThread, session_id: str
-    ) -> None:
-        self._orch = orchestrator
+    def __init__(self, service: Service, loop_thread: LoopThread, session_id: str) -> None:
+        self._service = service
         self._loop_thread = loop_thread
         self.session_id = session_id
 
@@ -158,11 +156,9 @@ class AsyncVariables:
     # Each ``_x`` runs on the loop thread; the public methods hand it there.
 
     def _store(self) -> VariableStore:
-        self._orch.check_open()
         # Using a session's variables is activity: it restarts the idle timer (or says that
         # the session expired).
-        self._orch.sessions.get(self.session_id)
-        return self._orch.variables.for_session(self.session_id)
+        return self._service.session_variables(self.session_id)
 
     async def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return await on_loop(self._loop_thread, coro)

@@ -1,8 +1,10 @@
 """The orchestrator: one runtime's server, sessions, variables, tools and pool, on the loop thread.
 
-``Orchestrator`` only wires the parts together and orders their start and stop: the gRPC
-server first (workers ping it before they are ready), then the pool; on close the pool first
-(no worker calls back into a closed server), then the server.
+``Orchestrator`` wires the parts together, orders their start and stop (the gRPC server first,
+since workers ping it before they are ready, then the pool; on close the pool first, so no
+worker calls back into a closed server, then the server) and offers the service API
+(:class:`~snakepit_nb.orchestrator.service.Service`) that the client facades and the gRPC
+server use. Calls go through one :class:`~snakepit_nb.orchestrator.routing.CallRouter`.
 """
 
 from __future__ import annotations
@@ -15,23 +17,27 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from snakepit_nb._errors import ClosedError
+from snakepit_nb._errors import ClosedError, InvalidArgumentError
 from snakepit_nb.orchestrator.config import Config
 from snakepit_nb.orchestrator.kernel_tools import KernelTools
 from snakepit_nb.orchestrator.registry import ToolRegistry
+from snakepit_nb.orchestrator.routing import BatchStream, CallRouter
 from snakepit_nb.orchestrator.server.bridge import BridgeServer, OrchestratorServicer
-from snakepit_nb.orchestrator.sessions import SessionStore
-from snakepit_nb.orchestrator.telemetry import TelemetryEvent, TelemetryHub
+from snakepit_nb.orchestrator.sessions import SessionInfo, SessionStore
+from snakepit_nb.orchestrator.status import ClientStatus
+from snakepit_nb.orchestrator.telemetry import TelemetryEvent, TelemetryHub, TelemetrySubscription
 from snakepit_nb.orchestrator.variables.stores import VariableStores
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.auth import new_token
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.launch.base import Launcher
+    from snakepit_nb.orchestrator.pool.batches import MapResult
     from snakepit_nb.orchestrator.pool.pool import Pool
+    from snakepit_nb.orchestrator.variables.store import VariableStore
 
 __all__ = ["Orchestrator"]
 
@@ -71,6 +77,13 @@ class Orchestrator:
         self.variables = VariableStores(config)
         self.variables.attach_sessions(self.sessions)
         self.sessions.on_cleanup.append(self._forget_session_affinity)
+        self.router = CallRouter(
+            sessions=self.sessions,
+            registry=self.registry,
+            kernel_tools=self.kernel_tools,
+            variables=self.variables,
+            pool=lambda: self.pool,
+        )
         self._launcher = launcher
         self._pool: Pool | None = None
         self._server: BridgeServer | None = None
@@ -190,11 +203,189 @@ class Orchestrator:
         if self._state in ("closing", "closed"):
             raise ClosedError("this client was closed; start a new one with sp.start()")
 
-    # ------------------------------------------------------------------ routing helpers
+    # ------------------------------------------------------------------ service: tools
 
-    def is_kernel_call(self, name: str) -> bool:
-        """True when ``name`` runs in the kernel (a kernel tool no worker also serves)."""
-        return name in self.kernel_tools and self.registry.worker_tool(name) is None
+    def tool_specs(self) -> list[pb.ToolSpec]:
+        """Every tool: the workers', the cell-defined ones and the kernel tools, by name."""
+        return sorted(self.registry.specs(), key=lambda s: s.name)
+
+    def kernel_tool_specs(self) -> list[pb.ToolSpec]:
+        return self.registry.kernel_tools()
+
+    async def define_tool(
+        self, name: str, source: str, function: str, streaming: bool, description: str
+    ) -> pb.ToolSpec:
+        """Define (or replace) a tool from source text in every worker, now and later."""
+        self.check_open()
+        return await self.pool.define_tool(name, source, function, streaming, description)
+
+    async def remove_tool(self, name: str) -> None:
+        """Remove a cell-defined tool from every worker."""
+        self.check_open()
+        cells = [s.name for s in self.registry.cell_tools()]
+        if name not in cells:
+            raise InvalidArgumentError(
+                f"{name!r} is not a cell-defined tool, so it cannot be removed; cell-defined "
+                f"tools: {', '.join(cells) or 'none'}"
+            )
+        await self.pool.remove_tool(name)
+
+    def register_kernel_tool(
+        self, function: Callable[..., Any], name: str | None, description: str | None
+    ) -> pb.ToolSpec:
+        self.check_open()
+        return self.kernel_tools.register(function, name=name, description=description)
+
+    def unregister_kernel_tool(self, name: str) -> None:
+        self.check_open()
+        self.kernel_tools.unregister(name)
+
+    def register_worker_tools(
+        self, owner: str, tools: Iterable[pb.ToolRegistration]
+    ) -> list[pb.ToolSpec]:
+        return self.registry.add_worker_tools(owner, tools)
+
+    # ------------------------------------------------------------------ service: sessions
+
+    def open_session(
+        self,
+        session_id: str | None,
+        *,
+        strict_affinity: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Get or create a session; returns its id (a fresh one for ``None``)."""
+        self.check_open()
+        record = self.sessions.create(
+            session_id, strict_affinity=strict_affinity, metadata=dict(metadata or {})
+        )
+        return record.session_id
+
+    def session_info(self, session_id: str) -> SessionInfo:
+        self.check_open()
+        record = self.sessions.get(session_id)
+        last_worker = record.last_worker
+        if self._pool is not None:
+            # The pool's dispatcher knows where the session's calls ran (its affinity hint).
+            last_worker = self._pool.dispatcher.bound_worker(session_id) or last_worker
+        store = self.variables.peek(session_id)
+        return SessionInfo(
+            session_id=record.session_id,
+            created_at=record.created_at,
+            idle_seconds=self.sessions.idle_seconds(record),
+            call_count=record.call_count,
+            error_count=record.error_count,
+            last_worker=last_worker,
+            strict_affinity=record.strict_affinity,
+            variable_count=0 if store is None else len(store),
+            metadata=dict(record.metadata),
+        )
+
+    def session_infos(self) -> list[SessionInfo]:
+        """Every live session, oldest first."""
+        self.check_open()
+        return [self.session_info(r.session_id) for r in self.sessions.records()]
+
+    async def close_session(self, session_id: str) -> bool:
+        """Close a session (its variables go with it); False when it did not exist."""
+        if self.closed:
+            return False
+        return await self.sessions.cleanup(session_id)
+
+    def heartbeat(self, worker_id: str, session_id: str) -> bool:
+        """A worker is alive (and uses ``session_id``); whether that session is valid."""
+        if worker_id and self._pool is not None:
+            self._pool.record_heartbeat(worker_id)
+        return bool(session_id) and self.sessions.touch(session_id)
+
+    # ------------------------------------------------------------------ service: calls
+
+    async def call(
+        self,
+        session_id: str,
+        tool: str,
+        kwargs: Mapping[str, object],
+        *,
+        timeout: float | None,  # noqa: ASYNC109 - the call's deadline
+        strict_affinity: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> object:
+        self.check_open()
+        return await self.router.call(
+            session_id,
+            tool,
+            kwargs,
+            timeout=timeout,
+            strict_affinity=strict_affinity,
+            metadata=metadata,
+        )
+
+    async def call_kernel_tool(
+        self, session_id: str, tool: str, kwargs: Mapping[str, object]
+    ) -> object:
+        """Run a kernel tool by name (a worker's ``ExecuteElixirTool``)."""
+        self.check_open()
+        if session_id:
+            self.sessions.get(session_id)
+        return await self.router.call_kernel_tool(session_id, tool, kwargs)
+
+    def stream(
+        self,
+        session_id: str,
+        tool: str,
+        kwargs: Mapping[str, object],
+        *,
+        timeout: float | None,
+        strict_affinity: bool = False,
+    ) -> BatchStream:
+        self.check_open()
+        return self.router.stream(
+            session_id, tool, kwargs, timeout=timeout, strict_affinity=strict_affinity
+        )
+
+    async def map(
+        self,
+        session_id: str,
+        tool: str,
+        items: Sequence[Mapping[str, object]],
+        *,
+        timeout: float | None,  # noqa: ASYNC109 - one deadline for the whole map
+    ) -> list[MapResult]:
+        self.check_open()
+        return await self.router.map(session_id, tool, items, timeout=timeout)
+
+    # ------------------------------------------------------------------ service: the rest
+
+    def session_variables(self, session_id: str) -> VariableStore:
+        """The variables of a live session (SessionNotFoundError otherwise)."""
+        self.check_open()
+        self.sessions.get(session_id)
+        return self.variables.for_session(session_id)
+
+    @property
+    def max_variable_bytes(self) -> int:
+        return self.variables.limits.max_value_bytes
+
+    def status(self) -> ClientStatus:
+        """Workers, queue, sessions and tools, as ``client.status()`` shows them."""
+        self.check_open()
+        pool_status = self.pool.status()
+        return ClientStatus(
+            run_id=self.run_id,
+            address=self.address,
+            workers=tuple(pool_status.workers),
+            queue_length=pool_status.queue_length,
+            sessions=self.sessions.stats(),
+            tools=len(self.registry.specs()),
+            kernel_tools=len(self.kernel_tools.names()),
+            pool=pool_status,
+        )
+
+    def subscribe_telemetry(
+        self, *, prefix: tuple[str, ...], maxsize: int
+    ) -> TelemetrySubscription:
+        self.check_open()
+        return self.telemetry.subscribe(maxsize=maxsize, prefix=tuple(prefix))
 
     def variable_count(self, session_id: str) -> int:
         store = self.variables.peek(session_id)

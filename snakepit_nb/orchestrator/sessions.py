@@ -24,7 +24,7 @@ from snakepit_nb._errors import (
     SessionNotFoundError,
 )
 
-__all__ = ["CleanupCallback", "SessionRecord", "SessionStats", "SessionStore"]
+__all__ = ["CleanupCallback", "SessionInfo", "SessionRecord", "SessionStats", "SessionStore"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,34 @@ class SessionRecord:
     last_worker: str | None = None
     call_count: int = 0
     error_count: int = 0
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A snapshot of one session."""
+
+    session_id: str
+    created_at: float  # time.time() when it was created
+    idle_seconds: float
+    call_count: int
+    error_count: int
+    last_worker: str | None
+    strict_affinity: bool
+    variable_count: int = 0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def _repr_html_(self) -> str:
+        from snakepit_nb.display.reprs import session_info_html
+
+        return session_info_html(self)
+
+    def __str__(self) -> str:
+        worker = self.last_worker or "-"
+        return (
+            f"session {self.session_id!r}: {self.call_count} calls ({self.error_count} failed), "
+            f"{self.variable_count} variables, last worker {worker}, idle "
+            f"{self.idle_seconds:.0f} s"
+        )
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,8 @@ from snakepit_nb._errors import (
     ResourceExhaustedError,
     SnakepitError,
 )
-from snakepit_nb.orchestrator.server.variables import (
-    VariableServicerMixin,
-    VariableSizeGuard,
-    timestamp_pb,
-)
+from snakepit_nb.orchestrator.server.variables import VariableServicerMixin, VariableSizeGuard
+from snakepit_nb.orchestrator.variables.wire import timestamp_pb
 from snakepit_nb.protocol import pb, pb_grpc
 from snakepit_nb.protocol.auth import TokenInterceptor, server_options
 from snakepit_nb.protocol.boundary import DecodingGuard, check_correlation_id
@@ -46,7 +43,7 @@ from snakepit_nb.protocol.status import (
 )
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.orchestrator import Orchestrator
+    from snakepit_nb.orchestrator.service import Service
 
 __all__ = ["CORRELATION_HEADER", "BridgeServer", "OrchestratorServicer"]
 
@@ -66,10 +63,10 @@ def _now() -> Timestamp:
 class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
     """Serves sessions, heartbeats, tool registration, kernel tools and variables."""
 
-    orchestrator: Orchestrator
+    service: Service
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
-        self.orchestrator = orchestrator
+    def __init__(self, service: Service) -> None:
+        self.service = service
 
     # ------------------------------------------------------------------ health and sessions
 
@@ -86,42 +83,36 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
     async def InitializeSession(
         self, request: pb.InitializeSessionRequest, context: Any
     ) -> pb.InitializeSessionResponse:
-        self.orchestrator.sessions.create(request.session_id, metadata=dict(request.metadata))
+        self.service.open_session(request.session_id, metadata=dict(request.metadata))
         return pb.InitializeSessionResponse(success=True)
 
     @mapped_to_status
     async def CleanupSession(
         self, request: pb.CleanupSessionRequest, context: Any
     ) -> pb.CleanupSessionResponse:
-        existed = await self.orchestrator.sessions.cleanup(request.session_id)
+        existed = await self.service.close_session(request.session_id)
         return pb.CleanupSessionResponse(success=True, resources_cleaned=int(existed))
 
     @mapped_to_status
     async def GetSession(
         self, request: pb.GetSessionRequest, context: Any
     ) -> pb.GetSessionResponse:
-        orch = self.orchestrator
-        record = orch.sessions.get(request.session_id)
-        idle = orch.sessions.idle_seconds(record)
+        service = self.service
+        info = service.session_info(request.session_id)
         response = pb.GetSessionResponse(
-            session_id=record.session_id,
-            created_at=timestamp_pb(record.created_at),
-            last_accessed_at=timestamp_pb(time.time() - idle),
-            tool_count=len(orch.registry.specs()),
-            variable_count=orch.variable_count(record.session_id),
-            call_count=record.call_count,
+            session_id=info.session_id,
+            created_at=timestamp_pb(info.created_at),
+            last_accessed_at=timestamp_pb(time.time() - info.idle_seconds),
+            tool_count=len(service.tool_specs()),
+            variable_count=info.variable_count,
+            call_count=info.call_count,
         )
-        response.metadata.update(record.metadata)
+        response.metadata.update(info.metadata)
         return response
 
     @mapped_to_status
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
-        orch = self.orchestrator
-        if request.worker_id:
-            record = getattr(orch.pool, "record_heartbeat", None)
-            if record is not None:
-                record(request.worker_id)
-        valid = bool(request.session_id) and orch.sessions.touch(request.session_id)
+        valid = self.service.heartbeat(request.worker_id, request.session_id)
         return pb.HeartbeatResponse(server_time=_now(), session_valid=valid)
 
     # ------------------------------------------------------------------ tools
@@ -131,7 +122,7 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
         self, request: pb.RegisterToolsRequest, context: Any
     ) -> pb.RegisterToolsResponse:
         owner = request.worker_id or _peer_owner(context)
-        specs = self.orchestrator.registry.add_worker_tools(owner, request.tools)
+        specs = self.service.register_worker_tools(owner, request.tools)
         response = pb.RegisterToolsResponse(success=True)
         response.tool_ids.update({spec.name: f"{owner}:{spec.name}" for spec in specs})
         return response
@@ -140,7 +131,7 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
     async def GetExposedElixirTools(
         self, request: pb.GetExposedElixirToolsRequest, context: Any
     ) -> pb.GetExposedElixirToolsResponse:
-        return pb.GetExposedElixirToolsResponse(tools=self.orchestrator.registry.kernel_tools())
+        return pb.GetExposedElixirToolsResponse(tools=self.service.kernel_tool_specs())
 
     @mapped_to_status
     async def ExecuteElixirTool(
@@ -148,19 +139,16 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
     ) -> pb.ExecuteElixirToolResponse:
         started = time.perf_counter()
         correlation = await _correlate(context, request.metadata)
-        orch = self.orchestrator
-        if request.session_id:
-            orch.sessions.get(request.session_id)
-        tool = orch.kernel_tools.get(request.tool_name)
         kwargs = decode_params(request.parameters, {}, request.metadata)
-        arguments = orch.kernel_tools.bind(tool, kwargs)
         response = pb.ExecuteElixirToolResponse()
         try:
-            result = await orch.kernel_tools.invoke(tool, arguments)
-        except Exception as exc:
+            result = await self.service.call_kernel_tool(
+                request.session_id, request.tool_name, kwargs
+            )
+        except RemoteToolError as err:
             response.success = False
             response.error_message = error_payload(
-                exc, tool_name=request.tool_name, session_id=request.session_id
+                err, tool_name=request.tool_name, session_id=request.session_id
             )
         else:
             response.success = True
@@ -175,7 +163,7 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
     def _check_fits(self, result: Any, tool: str) -> None:
         # A kernel tool's result goes back in one message; past the limit gRPC would fail the
         # call with "Sent message larger than max", which says neither whose nor what to do.
-        limit = self.orchestrator.config.max_message_bytes
+        limit = self.service.config.max_message_bytes
         size = result.ByteSize()
         if size > limit - 1024:
             raise ResourceExhaustedError(
@@ -190,28 +178,16 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
         """Kernel tools run here; worker tools are routed through the pool."""
         started = time.perf_counter()
         correlation = await _correlate(context, request.metadata)
-        orch = self.orchestrator
         name, session_id = request.tool_name, request.session_id
-        orch.sessions.get(session_id)
         kwargs = decode_params(request.parameters, request.binary_parameters, request.metadata)
         response = pb.ExecuteToolResponse()
         try:
-            if orch.is_kernel_call(name):
-                tool = orch.kernel_tools.get(name)
-                arguments = orch.kernel_tools.bind(tool, kwargs)
-                try:
-                    result = await orch.kernel_tools.invoke(tool, arguments)
-                except Exception as exc:
-                    raise _ToolRaised(exc) from exc
-            else:
-                remaining = context.time_remaining()
-                result = await orch.pool.call(
-                    session_id, name, kwargs, timeout=remaining, metadata=dict(request.metadata)
-                )
-        except _ToolRaised as raised:
-            response.success = False
-            response.error_message = error_payload(
-                raised.error, tool_name=name, session_id=session_id
+            result = await self.service.call(
+                session_id,
+                name,
+                kwargs,
+                timeout=context.time_remaining(),
+                metadata=dict(request.metadata),
             )
         except RemoteToolError as err:
             response.success = False
@@ -231,20 +207,13 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
         self, request: pb.ExecuteToolRequest, context: Any
     ) -> AsyncIterator[pb.ToolChunk]:
         """Streams a kernel generator tool, or forwards a worker's stream."""
-        orch = self.orchestrator
         name, session_id = request.tool_name, request.session_id
         batching = request.metadata.get(CHUNK_BATCHING) == "1"
         stream: Any = None
         try:
             await _correlate(context, request.metadata)
-            orch.sessions.get(session_id)
             kwargs = decode_params(request.parameters, request.binary_parameters, request.metadata)
-            if orch.is_kernel_call(name):
-                stream = orch.kernel_tools.stream(name, kwargs)
-            else:
-                stream = orch.pool.stream(
-                    session_id, name, kwargs, timeout=context.time_remaining()
-                )
+            stream = self.service.stream(session_id, name, kwargs, timeout=context.time_remaining())
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -302,12 +271,6 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
         await _unimplemented(context, "DescribeTools")
 
 
-class _ToolRaised(Exception):
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 async def _unimplemented(context: Any, rpc: str) -> NoReturn:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, unimplemented_message(rpc, "workers"))
     raise AssertionError("unreachable")  # context.abort always raises
@@ -362,7 +325,7 @@ class BridgeServer:
 
     def _value_limit(self) -> int:
         # Variable writes above this are refused from their raw size (variables_rpc).
-        return self._servicer.orchestrator.variables.limits.max_value_bytes
+        return self._servicer.service.max_variable_bytes
 
     async def start(self) -> str:
         """Bind (127.0.0.1 on a free port, or the unix socket) and serve; returns the address."""

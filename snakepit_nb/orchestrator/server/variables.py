@@ -1,36 +1,36 @@
 """The 13 variable RPCs of ``BridgeService``, served by the orchestrator to workers.
 
 ``VariableServicerMixin`` is inherited by the orchestrator's servicer, which provides
-``self.orchestrator`` (with ``.variables``, a ``VariableStores``). Every handler maps its
-failures to the documented status codes through ``snakepit_nb.protocol.status.abort`` (never
-UNKNOWN). Callers are workers: their source is the id in the request metadata
+``self.service`` (the orchestrator's service API, with ``session_variables``). Every handler
+maps its failures to the documented status codes through ``snakepit_nb.protocol.status.abort``
+(never UNKNOWN). Callers are workers: their source is the id in the request metadata
 ``snakepit_nb.worker_id`` (``"worker"`` when a foreign worker sends none), so access control
 for workers applies to every RPC.
 
-Conversions between the store's records and the proto messages live here too
-(``record_to_pb``, ``change_to_pb``, ``version_to_pb``); values travel through the codec with
-the variable's type as the ``Any`` label.
+Records become proto messages through :mod:`snakepit_nb.orchestrator.variables.wire`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from google.protobuf.any_pb2 import Any as PbAny
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from snakepit_nb._errors import (
     InvalidArgumentError,
     ResourceExhaustedError,
     SnakepitError,
 )
-from snakepit_nb.orchestrator.variables.types import KERNEL_SOURCE, VariableRecord, VariableVersion
-from snakepit_nb.orchestrator.variables.watchers import VariableChange
+from snakepit_nb.orchestrator.variables.types import KERNEL_SOURCE
+from snakepit_nb.orchestrator.variables.wire import (
+    record_to_pb,
+    update_for,
+    version_to_pb,
+)
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import decode_any, decode_any_with_binary, encode_any
 from snakepit_nb.protocol.status import (
@@ -41,21 +41,16 @@ from snakepit_nb.protocol.status import (
 )
 
 if TYPE_CHECKING:
+    from snakepit_nb.orchestrator.service import Service
     from snakepit_nb.orchestrator.variables.store import VariableStore
-    from snakepit_nb.orchestrator.variables.stores import VariableStores
 
 __all__ = [
     "EXPECTED_VERSION_KEY",
     "OPTIMIZER_ID_KEY",
-    "UPDATED_BY_KEY",
     "WORKER_ID_KEY",
     "VariableServicerMixin",
     "VariableSizeGuard",
     "batch_error_text",
-    "change_to_pb",
-    "record_to_pb",
-    "timestamp_pb",
-    "version_to_pb",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,90 +59,11 @@ log = logging.getLogger(__name__)
 WORKER_ID_KEY = "snakepit_nb.worker_id"
 #: Write metadata naming the optimizer that holds a variable's optimization lock.
 OPTIMIZER_ID_KEY = "optimizer_id"
-#: Variable metadata added on the wire: who wrote the current version ("kernel" or a worker id).
-UPDATED_BY_KEY = "snakepit_nb.updated_by"
 #: RegisterVariable metadata: "0" defines only if the name is free (else ABORTED).
 EXPECTED_VERSION_KEY = "snakepit_nb.expected_version"
 _ANONYMOUS_WORKER = "worker"
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-
-
-class _VariablesHost(Protocol):
-    variables: VariableStores
-
-
-# ---------------------------------------------------------------------------- conversions
-
-
-def timestamp_pb(seconds: float) -> Timestamp:
-    """The proto ``Timestamp`` of a ``time.time()`` value."""
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-def record_to_pb(record: VariableRecord) -> pb.Variable:
-    """The proto ``Variable`` of a record; the value is labelled with the variable's type."""
-    metadata = dict(record.metadata)
-    metadata[UPDATED_BY_KEY] = record.source
-    message = pb.Variable(
-        id=record.id,
-        name=record.name,
-        type=record.type,
-        value=encode_any(record.value, type_hint=record.type),
-        constraints_json=json.dumps(dict(record.constraints)) if record.constraints else "",
-        metadata=metadata,
-        source=pb.Variable.ELIXIR if record.source == KERNEL_SOURCE else pb.Variable.PYTHON,
-        last_updated_at=timestamp_pb(record.updated_at),
-        version=record.version,
-        access_control_json=json.dumps(dict(record.access)) if record.access else "",
-    )
-    lock = record.optimization
-    if lock is not None:
-        message.optimization_status.optimizing = True
-        message.optimization_status.optimizer_id = lock.optimizer_id
-        message.optimization_status.started_at.CopyFrom(timestamp_pb(lock.started_at))
-    return message
-
-
-def change_to_pb(change: VariableChange) -> pb.VariableUpdate:
-    return pb.VariableUpdate(
-        variable_id=change.variable.id,
-        variable=record_to_pb(change.variable),
-        update_source=change.source,
-        update_metadata=dict(change.metadata),
-        timestamp=timestamp_pb(change.at),
-        update_type=change.kind,
-        skipped_versions=change.skipped,
-    )
-
-
-# Every watcher of a variable gets the same change object: convert it once, not once per
-# watcher (the value encoding dominates the fan-out cost). Small and loop-thread only.
-_UPDATES: OrderedDict[int, tuple[VariableChange, pb.VariableUpdate]] = OrderedDict()
-_UPDATES_KEPT = 256
-
-
-def _update_for(change: VariableChange) -> pb.VariableUpdate:
-    hit = _UPDATES.get(id(change))
-    if hit is not None and hit[0] is change:
-        return hit[1]
-    message = change_to_pb(change)
-    _UPDATES[id(change)] = (change, message)
-    if len(_UPDATES) > _UPDATES_KEPT:
-        _UPDATES.popitem(last=False)
-    return message
-
-
-def version_to_pb(entry: VariableVersion, type_name: str) -> pb.VariableHistoryEntry:
-    return pb.VariableHistoryEntry(
-        version=entry.version,
-        value=encode_any(entry.value, type_hint=type_name),
-        timestamp=timestamp_pb(entry.at),
-        changed_by=entry.source,
-        metadata=dict(entry.metadata),
-    )
 
 
 def batch_error_text(exc: BaseException) -> str:
@@ -290,13 +206,13 @@ class VariableSizeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 class VariableServicerMixin:
     """The variable half of the orchestrator's ``BridgeService`` servicer."""
 
-    orchestrator: _VariablesHost
+    service: Service
 
     def _variable_store(self, session_id: str) -> VariableStore:
-        return self.orchestrator.variables.for_session(session_id)
+        return self.service.session_variables(session_id)
 
     def _value_limit(self) -> int:
-        return self.orchestrator.variables.limits.max_value_bytes
+        return self.service.max_variable_bytes
 
     @mapped_to_status
     async def RegisterVariable(
@@ -433,7 +349,7 @@ class VariableServicerMixin:
             await abort(context, exc)
         try:
             async for change in watcher:
-                yield _update_for(change)
+                yield update_for(change)
         finally:
             watcher.close()
 

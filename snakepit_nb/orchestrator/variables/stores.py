@@ -201,7 +201,7 @@ class VariableStores:
         store = self._stores.get(session_id)
         if store is None:
             return []
-        from snakepit_nb.orchestrator.server.variables import record_to_pb
+        from snakepit_nb.orchestrator.variables.wire import record_to_pb
 
         out: list[pb.Variable] = []
         for name in names:

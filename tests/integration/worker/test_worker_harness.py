@@ -58,11 +58,18 @@ class StandInOrchestrator(VariableServicerMixin, pb_grpc.BridgeServiceServicer):
     """The part of the orchestrator a worker talks to (variables: the real variable servicer)."""
 
     def __init__(self) -> None:
-        self.orchestrator = self
+        self.service = self  # the variable servicer asks its service for a session's variables
         self.variables = VariableStores()
         self.pings: list[str] = []
         self.heartbeats: list[str] = []
         self.kernel_calls: list[tuple[str, dict[str, object]]] = []
+
+    def session_variables(self, session_id: str) -> Any:
+        return self.variables.for_session(session_id)
+
+    @property
+    def max_variable_bytes(self) -> int:
+        return self.variables.limits.max_value_bytes
 
     async def Ping(self, request: Any, context: Any) -> Any:
         self.pings.append(request.message)
