@@ -48,10 +48,11 @@ from snakepit_nb._errors import (
 )
 
 if TYPE_CHECKING:
+    from snakepit_nb.client.async_variables import AsyncVariables
     from snakepit_nb.client.clients import AsyncClient, Client, astart, start
     from snakepit_nb.client.sessions import AsyncSession, Session
     from snakepit_nb.client.streams import AsyncStream, Stream
-    from snakepit_nb.client.variables import AsyncVariables, Variables
+    from snakepit_nb.client.variables import Variables
     from snakepit_nb.orchestrator.config import Config
     from snakepit_nb.orchestrator.registry import ParameterInfo, ToolSpec
     from snakepit_nb.orchestrator.sessions import SessionInfo
@@ -121,7 +122,7 @@ _LAZY = {
     "Stream": "snakepit_nb.client.streams",
     "AsyncStream": "snakepit_nb.client.streams",
     "Variables": "snakepit_nb.client.variables",
-    "AsyncVariables": "snakepit_nb.client.variables",
+    "AsyncVariables": "snakepit_nb.client.async_variables",
     "Config": "snakepit_nb.orchestrator.config",
     "ToolSpec": "snakepit_nb.orchestrator.registry",
     "ParameterInfo": "snakepit_nb.orchestrator.registry",

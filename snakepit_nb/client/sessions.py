@@ -16,7 +16,8 @@ from snakepit_nb.orchestrator.sessions import SessionInfo
 
 if TYPE_CHECKING:
     from snakepit_nb._loop import LoopThread
-    from snakepit_nb.client.variables import AsyncVariables, Variables
+    from snakepit_nb.client.async_variables import AsyncVariables
+    from snakepit_nb.client.variables import Variables
     from snakepit_nb.orchestrator.routing import BatchStream
     from snakepit_nb.orchestrator.service import Service
 
@@ -83,7 +84,7 @@ class AsyncSession:
     def vars(self) -> AsyncVariables:
         """The session's variables: ``await s.vars.set("t", 0.7)``, ``await s.vars.get("t")``."""
         if self._vars is None:
-            from snakepit_nb.client.variables import AsyncVariables
+            from snakepit_nb.client.async_variables import AsyncVariables
 
             self._vars = AsyncVariables(self._service, self._loop_thread, self.session_id)
         return self._vars

@@ -79,7 +79,7 @@ class NotebookRuntime:
     # -- the pool ---------------------------------------------------------------------------
     def start(self, **overrides: Any) -> Any:
         """Start the pool with the settings (``overrides`` win); returns the client."""
-        import snakepit_nb as sp
+        from snakepit_nb.client import start
 
         with self._lock:
             if self.client is not None and not getattr(self.client, "closed", False):
@@ -92,7 +92,7 @@ class NotebookRuntime:
             if self.settings.python:
                 options["python"] = self.settings.python
             options.update({k: v for k, v in overrides.items() if v is not None})
-            self.client = sp.start(**options)
+            self.client = start(**options)
             self.sessions.clear()
             self.closed = False
             return self.client

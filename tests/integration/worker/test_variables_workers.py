@@ -14,7 +14,8 @@ import paths
 import pytest
 
 import snakepit_nb as sp
-from snakepit_nb.client.variables import AsyncVariables, UpdateResult, Variables
+from snakepit_nb.client.async_variables import AsyncVariables
+from snakepit_nb.client.variables import UpdateResult, Variables
 
 pytestmark = pytest.mark.integration
 
