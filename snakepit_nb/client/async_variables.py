@@ -24,7 +24,7 @@ from snakepit_nb.client.variable_ops import (
     constraints_from,
     one_more_conflict,
 )
-from snakepit_nb.orchestrator.variables.types import VariableRecord, VariableVersion
+from snakepit_nb.orchestrator.variables.records import VariableRecord, VariableVersion
 from snakepit_nb.orchestrator.variables.watchers import VariableChange
 
 if TYPE_CHECKING:
@@ -217,6 +217,12 @@ class AsyncVariables:
         """Release the lock; returns the record with the final value."""
         return await self._run(self.ops.stop_optimization(name, optimizer_id, force))
 
+    async def set_as_optimizer(
+        self, name: str, value: Any, optimizer_id: str, expected_version: int | None = None
+    ) -> Variable:
+        """Write ``value`` as the optimizer that holds ``name``'s optimization lock."""
+        return await self._run(self.ops.set(name, value, expected_version, None, optimizer_id))
+
     def optimizing(self, name: str, optimizer_id: str) -> AsyncOptimization:
         """``async with s.vars.optimizing("lr", "opt1") as opt: await opt.set(0.1)``."""
         return AsyncOptimization(self, name, optimizer_id)
@@ -285,8 +291,9 @@ class AsyncOptimization:
         self.final: VariableRecord | None = None
 
     async def set(self, value: Any, expected_version: int | None = None) -> Variable:
-        v = self._vars
-        return await v._run(v.ops.set(self.name, value, expected_version, None, self.optimizer_id))
+        return await self._vars.set_as_optimizer(
+            self.name, value, self.optimizer_id, expected_version
+        )
 
     async def __aenter__(self) -> AsyncOptimization:
         await self._vars.start_optimization(self.name, self.optimizer_id)

@@ -16,7 +16,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from snakepit_nb._errors import SnakepitError, VariableNotFoundError, VersionConflictError
-from snakepit_nb.orchestrator.variables.types import KERNEL_SOURCE, VariableRecord, VariableVersion
+from snakepit_nb.orchestrator.variables.records import (
+    KERNEL_SOURCE,
+    VariableRecord,
+    VariableVersion,
+)
 from snakepit_nb.orchestrator.variables.watchers import VariableChange, Watcher
 
 if TYPE_CHECKING:

@@ -37,7 +37,7 @@ from snakepit_nb.client.variable_ops import (
     one_more_conflict,
     pending_record,
 )
-from snakepit_nb.orchestrator.variables.types import VariableRecord, VariableVersion
+from snakepit_nb.orchestrator.variables.records import VariableRecord, VariableVersion
 from snakepit_nb.orchestrator.variables.watchers import VariableChange
 
 if TYPE_CHECKING:

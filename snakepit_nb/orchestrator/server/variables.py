@@ -25,7 +25,7 @@ from snakepit_nb._errors import (
     ResourceExhaustedError,
     SnakepitError,
 )
-from snakepit_nb.orchestrator.variables.types import KERNEL_SOURCE
+from snakepit_nb.orchestrator.variables.records import KERNEL_SOURCE
 from snakepit_nb.orchestrator.variables.wire import (
     record_to_pb,
     update_for,

@@ -27,11 +27,12 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from snakepit_nb._errors import ConfigurationError, FailedPreconditionError, ResourceExhaustedError
-from snakepit_nb.orchestrator.variables.types import (
+from snakepit_nb.orchestrator.variables.records import (
     OptimizationLock,
     VariableRecord,
     VariableVersion,
 )
+from snakepit_nb.protocol.codec import encode_json
 
 __all__ = [
     "PersistedSession",
@@ -471,3 +472,29 @@ class StateDatabase:
             return
         for job, result in zip(live, results, strict=True):
             job.future.set_result(result)
+
+
+def write_statements(
+    session_id: str,
+    record: VariableRecord,
+    entry: VariableVersion,
+    encoded: bytes | None,
+    *,
+    new: bool,
+    max_history: int,
+    now: float,
+) -> list[Statement]:
+    """The statements that persist one write: the variable's row, its history entry, and (for
+    a new variable) its session's row; every 64th write trims the history table."""
+    if encoded is None:
+        encoded = encode_json(entry.value)
+    statements: list[Statement] = []
+    if new:
+        statements.append(session_upsert(session_id, {}, now))
+    statements.append(variable_upsert(session_id, record, encoded))
+    statements.append(history_insert(session_id, record.id, entry, encoded))
+    oldest = entry.version - max_history
+    if oldest >= 1 and entry.version % 64 == 0:
+        # Trimming every 64th write keeps the table within max_history + 64 rows.
+        statements.append(history_trim(record.id, oldest))
+    return statements

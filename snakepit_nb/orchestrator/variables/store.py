@@ -18,10 +18,8 @@ Sources: ``"kernel"`` for the notebook side; a worker id (or ``"worker"``) for g
 from __future__ import annotations
 
 import builtins
-import re
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -37,73 +35,30 @@ from snakepit_nb._errors import (
     VersionConflictError,
 )
 from snakepit_nb.orchestrator.variables import persistence as sql
+from snakepit_nb.orchestrator.variables.graph import DependencyGraph
 from snakepit_nb.orchestrator.variables.persistence import StateDatabase, Statement
-from snakepit_nb.orchestrator.variables.types import (
+from snakepit_nb.orchestrator.variables.policy import (
+    EMPTY,
+    VariableLimits,
+    admit,
+    check_read,
+    check_write,
+    clean_access,
+    clean_metadata,
+    readable,
+)
+from snakepit_nb.orchestrator.variables.records import (
     KERNEL_SOURCE,
+    BatchOutcome,
     OptimizationLock,
-    TypeSpec,
     VariableRecord,
     VariableVersion,
-    check_name,
-    infer_type,
 )
-from snakepit_nb.orchestrator.variables.watchers import ChangeKind, VariableChange, Watcher
-from snakepit_nb.protocol.codec import encode_json
+from snakepit_nb.orchestrator.variables.table import Entry, VariableTable
+from snakepit_nb.orchestrator.variables.types import TypeSpec, check_name, infer_type
+from snakepit_nb.orchestrator.variables.watchers import ChangeKind, Watcher, WatcherSet
 
-__all__ = [
-    "MIB",
-    "BatchOutcome",
-    "VariableLimits",
-    "VariableStore",
-]
-
-MIB = 1024 * 1024
-_EMPTY: Mapping[str, str] = MappingProxyType({})
-_ACCESS_LEVELS = ("write", "read", "none")
-
-
-@dataclass(frozen=True)
-class VariableLimits:
-    """Per-session limits of the variable store (all configurable)."""
-
-    max_value_bytes: int = 10 * MIB
-    max_variables: int = 10_000
-    max_history: int = 1_000
-    watch_buffer: int = 256
-    max_watchers: int = 1_000
-
-    def __post_init__(self) -> None:
-        for name in ("max_value_bytes", "max_variables", "max_history", "watch_buffer"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"{name} must be a positive integer, not {value!r}")
-
-
-@dataclass(frozen=True)
-class BatchOutcome:
-    """What a batch write did: the new records, and per-variable errors.
-
-    With ``atomic=True`` either ``errors`` is empty and every update was applied, or nothing
-    was applied and ``records`` is empty.
-    """
-
-    records: Mapping[str, VariableRecord]
-    errors: Mapping[str, SnakepitError]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-class _Var:
-    """The mutable state of one variable (owned by the loop thread)."""
-
-    __slots__ = ("history", "record", "spec")
-
-    def __init__(self, record: VariableRecord, spec: TypeSpec, max_history: int) -> None:
-        self.record = record
-        self.spec = spec
-        self.history: deque[VariableVersion] = deque(maxlen=max_history)
+__all__ = ["VariableStore"]
 
 
 @dataclass
@@ -111,53 +66,11 @@ class _Plan:
     """A validated write, ready to apply without further checks."""
 
     key: str
-    var: _Var | None  # None: define a new variable
+    var: Entry | None  # None: define a new variable
     name: str
     value: Any
     encoded: bytes | None
     spec: TypeSpec
-
-
-def clean_metadata(metadata: Mapping[str, Any] | None, what: str = "metadata") -> Mapping[str, str]:
-    """Metadata as a read-only ``{str: str}``; non-string keys or values are refused."""
-    if not metadata:
-        return _EMPTY
-    if not isinstance(metadata, Mapping):
-        raise InvalidArgumentError(
-            f"{what} must be a dict of strings, not {type(metadata).__name__}"
-        )
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise InvalidArgumentError(
-                f"{what} must map strings to strings; got {key!r}: {type(value).__name__}; "
-                "convert the value with str()"
-            )
-    return MappingProxyType(dict(metadata))
-
-
-def clean_access(access: Mapping[str, Any] | None) -> Mapping[str, str]:
-    """Access control as ``{"workers": "write" | "read" | "none"}``."""
-    if not access:
-        return _EMPTY
-    if not isinstance(access, Mapping):
-        raise InvalidArgumentError(
-            'access control must be a JSON object such as {"workers": "read"}'
-        )
-    clean: dict[str, str] = {}
-    for key, value in access.items():
-        if key != "workers":
-            raise InvalidArgumentError(
-                f'unknown access control key {str(key)[:40]!r}; use {{"workers": "read"}} '
-                '(or "write", "none")'
-            )
-        if value not in _ACCESS_LEVELS:
-            raise InvalidArgumentError(
-                f"access control workers={value!r} is not known; use 'write', 'read' or 'none'"
-            )
-        clean[key] = value
-    if clean.get("workers") == "write":
-        return _EMPTY
-    return MappingProxyType(clean)
 
 
 class VariableStore:
@@ -175,11 +88,10 @@ class VariableStore:
         self.limits = limits or VariableLimits()
         self._db = db
         self._clock = clock
-        self._by_name: dict[str, _Var] = {}
-        self._by_id: dict[str, _Var] = {}
-        # from-id -> ids of the variables that depend on it (changes flow along the edges).
-        self._edges: dict[str, dict[str, str]] = {}
-        self._watchers: set[Watcher] = set()
+        self._table = VariableTable(session_id)
+        # Changes flow along its edges, from a variable to those that depend on it.
+        self._graph = DependencyGraph()
+        self._watchers = WatcherSet(self.session_id, self.limits.max_watchers)
         self._closed = False
         #: Writes refused for a stale expected_version (each raised VersionConflictError).
         self.conflicts = 0
@@ -187,22 +99,22 @@ class VariableStore:
     # ================================================================= reading
 
     def __len__(self) -> int:
-        return len(self._by_name)
+        return len(self._table)
 
     def __contains__(self, ident: object) -> bool:
-        return isinstance(ident, str) and (ident in self._by_name or ident in self._by_id)
+        return ident in self._table
 
     def names(self) -> builtins.list[str]:
-        return list(self._by_name)
+        return self._table.names()
 
     async def get(self, ident: str, *, source: str = KERNEL_SOURCE) -> VariableRecord:
         var = self._resolve(ident)
-        self._check_read(var, source)
+        check_read(var.record, source)
         return var.record
 
     def peek(self, ident: str) -> VariableRecord | None:
         """The record without access checks, or None (synchronous; loop thread only)."""
-        var = self._by_name.get(ident) or self._by_id.get(ident)
+        var = self._table.find(ident)
         return None if var is None else var.record
 
     async def get_many(
@@ -212,8 +124,8 @@ class VariableStore:
         found: dict[str, VariableRecord] = {}
         missing: builtins.list[str] = []
         for ident in idents:
-            var = self._by_name.get(ident) or self._by_id.get(ident)
-            if var is None or not self._readable(var, source):
+            var = self._table.find(ident)
+            if var is None or not readable(var.record, source):
                 missing.append(ident)
             else:
                 found[ident] = var.record
@@ -223,27 +135,14 @@ class VariableStore:
         self, pattern: str = "*", *, source: str = KERNEL_SOURCE
     ) -> builtins.list[VariableRecord]:
         """Variables whose name matches the wildcard ``pattern`` (``*`` and ``?``), by name."""
-        if not isinstance(pattern, str):
-            raise InvalidArgumentError("a variable pattern must be a string such as 'lr_*'")
-        pattern = pattern or "*"
-        # Only * and ? are wildcards; [ and ] match themselves.
-        regex = re.compile(
-            "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-            + r"\Z",
-            re.DOTALL,
-        )
-        return [
-            var.record
-            for name, var in sorted(self._by_name.items())
-            if regex.match(name) and self._readable(var, source)
-        ]
+        return [e.record for e in self._table.matching(pattern) if readable(e.record, source)]
 
     async def history(
         self, ident: str, limit: int | None = None, *, source: str = KERNEL_SOURCE
     ) -> builtins.list[VariableVersion]:
         """The kept versions, oldest first; ``limit`` keeps the newest ``limit`` of them."""
         var = self._resolve(ident)
-        self._check_read(var, source)
+        check_read(var.record, source)
         entries = list(var.history)
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -257,7 +156,7 @@ class VariableStore:
     def dependencies(self, ident: str) -> builtins.list[str]:
         """Names of the variables that depend on ``ident`` (directly)."""
         var = self._resolve(ident)
-        return [self._by_id[i].record.name for i in self._edges.get(var.record.id, {})]
+        return [self._table.resolve(i).record.name for i in self._graph.direct(var.record.id)]
 
     # ================================================================= registering
 
@@ -284,7 +183,7 @@ class VariableStore:
         self._check_open()
         check_name(name)
         if expected_version is not None:
-            current = self._by_name.get(name)
+            current = self._table.by_name(name)
             at = 0 if current is None else current.record.version
             if expected_version != at:
                 raise VersionConflictError(
@@ -297,39 +196,23 @@ class VariableStore:
         spec = TypeSpec.build(vtype, constraints)
         meta = clean_metadata(metadata)
         acl = clean_access(access)
-        existing = self._by_name.get(name)
+        existing = self._table.by_name(name)
         stored, encoded = self._prepare(spec, name, value)
         now = self._clock()
         if existing is None:
-            if len(self._by_name) >= self.limits.max_variables:
+            if len(self._table) >= self.limits.max_variables:
                 raise ResourceExhaustedError(
-                    f"session {self.session_id!r} has {len(self._by_name)} variables, the "
+                    f"session {self.session_id!r} has {len(self._table)} variables, the "
                     f"maximum (max_variables={self.limits.max_variables}); delete some first"
                 )
-            record = VariableRecord(
-                id=f"var_{uuid.uuid4().hex[:16]}",
-                name=name,
-                type=spec.type,
-                value=stored,
-                version=1,
-                constraints=spec.constraints,
-                metadata=meta,
-                source=source,
-                created_at=now,
-                updated_at=now,
-                access=acl,
+            record, statements = self._create(
+                name, spec, stored, encoded, source, meta, metadata=meta, access=acl
             )
-            var = _Var(record, spec, self.limits.max_history)
-            self._by_name[name] = var
-            self._by_id[record.id] = var
-            entry = VariableVersion(1, stored, source, now, meta)
-            var.history.append(entry)
-            self._notify(ChangeKind.REGISTERED, record, source, now, meta)
-            await self._persist(self._write_statements(var, entry, encoded, new=True))
+            await self._persist(statements)
             return record
 
         old = existing.record
-        self._check_write(existing, source, None)
+        check_write(existing.record, source, None)
         if old.type != spec.type and not allow_type_change:
             raise FailedPreconditionError(
                 f"variable {name!r} is a {old.type}; redefining it as {spec.type} needs "
@@ -385,7 +268,7 @@ class VariableStore:
         self._check_open()
         var = self._resolve(ident)
         meta = clean_metadata(metadata)
-        self._check_write(var, source, optimizer_id)
+        check_write(var.record, source, optimizer_id)
         self._check_version(var, expected_version)
         stored, encoded = self._prepare(var.spec, var.record.name, value)
         record, statements = self._apply(var, stored, encoded, source, meta)
@@ -431,7 +314,7 @@ class VariableStore:
             except SnakepitError as exc:
                 errors[key] = exc
         new_count = sum(1 for p in plans if p.var is None)
-        if new_count and len(self._by_name) + new_count > self.limits.max_variables:
+        if new_count and len(self._table) + new_count > self.limits.max_variables:
             for plan in plans:
                 if plan.var is None:
                     errors[plan.key] = ResourceExhaustedError(
@@ -445,7 +328,9 @@ class VariableStore:
         statements: builtins.list[Statement] = []
         for plan in plans:
             if plan.var is None:
-                record, more = self._define_planned(plan, source, meta)
+                record, more = self._create(
+                    plan.name, plan.spec, plan.value, plan.encoded, source, meta
+                )
             else:
                 record, more = self._apply(plan.var, plan.value, plan.encoded, source, meta)
             records[plan.key] = record
@@ -457,7 +342,7 @@ class VariableStore:
         """Remove a variable, its history and its dependency edges; watchers see ``deleted``."""
         self._check_open()
         var = self._resolve(ident)
-        self._check_write(var, source, None)
+        check_write(var.record, source, None)
         if var.record.optimization is not None:
             lock = var.record.optimization
             raise FailedPreconditionError(
@@ -465,13 +350,10 @@ class VariableStore:
                 "stop the optimization before deleting it"
             )
         record = var.record
-        del self._by_name[record.name]
-        del self._by_id[record.id]
-        self._edges.pop(record.id, None)
-        for targets in self._edges.values():
-            targets.pop(record.id, None)
+        self._table.remove(record)
+        self._graph.remove_node(record.id)
         now = self._clock()
-        self._notify(ChangeKind.DELETED, record, source, now, _EMPTY)
+        self._notify(ChangeKind.DELETED, record, source, now, EMPTY)
         await self._persist(sql.variable_delete(self.session_id, record.id))
         return record
 
@@ -488,7 +370,7 @@ class VariableStore:
         var = self._resolve(ident)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise InvalidArgumentError(f"a version is a positive integer, not {version!r}")
-        self._check_write(var, source, optimizer_id)
+        check_write(var.record, source, optimizer_id)
         target = next((e for e in var.history if e.version == version), None)
         if target is None:
             kept = [e.version for e in var.history]
@@ -524,21 +406,21 @@ class VariableStore:
         """
         self._check_open()
         src, dst = self._resolve(from_ident), self._resolve(to_ident)
-        self._check_read(src, source)
-        self._check_write(dst, source, None)
+        check_read(src.record, source)
+        check_write(dst.record, source, None)
         a, b = src.record.id, dst.record.id
         if a == b:
             raise InvalidArgumentError(f"variable {src.record.name!r} cannot depend on itself")
-        path = self._path(b, a)
+        path = self._graph.path(b, a)
         if path is not None:
-            names = " -> ".join(self._by_id[i].record.name for i in [a, *path])
+            names = " -> ".join(self._table.resolve(i).record.name for i in [a, *path])
             raise InvalidArgumentError(
                 f"variable dependency {src.record.name!r} -> {dst.record.name!r} would make a "
                 f"cycle ({names}); dependencies must not loop"
             )
-        if b in self._edges.get(a, {}):
+        if self._graph.has_edge(a, b):
             return
-        self._edges.setdefault(a, {})[b] = dependency_type or ""
+        self._graph.add(a, b, dependency_type or "")
         await self._persist([sql.dependency_insert(self.session_id, a, b, dependency_type or "")])
 
     async def start_optimization(
@@ -557,7 +439,7 @@ class VariableStore:
         lock = var.record.optimization
         if lock is not None and lock.optimizer_id == optimizer_id:
             return var.record
-        self._check_write(var, source, None)
+        check_write(var.record, source, None)
         cfg = clean_metadata(config, "optimizer config")
         now = self._clock()
         lock = OptimizationLock(optimizer_id, f"opt_{uuid.uuid4().hex[:12]}", now, cfg)
@@ -619,36 +501,24 @@ class VariableStore:
         Close it (``watcher.close()``) to stop; closing the session closes it too.
         """
         self._check_open()
-        wanted = list(idents or [])
         names: builtins.list[str] | None = None
-        if wanted:
+        if idents:
             names = []
-            for ident in wanted:
+            for ident in idents:
                 var = self._resolve(ident)
-                self._check_read(var, source)
+                check_read(var.record, source)
                 names.append(var.record.name)
-        if len(self._watchers) >= self.limits.max_watchers:
-            raise ResourceExhaustedError(
-                f"session {self.session_id!r} has {len(self._watchers)} watchers, the maximum; "
-                "close watches you no longer read"
-            )
-        watcher = Watcher(
-            names,
-            capacity=capacity or self.limits.watch_buffer,
-            on_close=self._watchers.discard,
-            source=source,
-        )
+        initial: builtins.list[VariableRecord] = []
         if include_initial:
-            now = self._clock()
-            targets = names if names is not None else list(self._by_name)
-            for name in dict.fromkeys(targets):
-                var = self._by_name[name]
-                if self._readable(var, source):
-                    watcher.push(
-                        VariableChange(ChangeKind.INITIAL, var.record, var.record.source, now)
-                    )
-        self._watchers.add(watcher)
-        return watcher
+            targets = names if names is not None else self._table.names()
+            initial = [self._table.resolve(name).record for name in dict.fromkeys(targets)]
+        return self._watchers.open(
+            names,
+            initial,
+            capacity=capacity or self.limits.watch_buffer,
+            source=source,
+            at=self._clock(),
+        )
 
     def watcher_count(self) -> int:
         return len(self._watchers)
@@ -658,21 +528,18 @@ class VariableStore:
     def close(self, reason: str = "session closed") -> None:
         """Close every watcher and refuse further writes (the session went away)."""
         self._closed = True
-        for watcher in list(self._watchers):
-            watcher.close(reason)
-        self._watchers.clear()
+        self._watchers.close(reason)
 
     def restore(self, record: VariableRecord, history: Sequence[VariableVersion]) -> None:
         """Put back a persisted variable (at start-up, before any use)."""
         spec = TypeSpec.build(record.type, record.constraints)
-        var = _Var(replace(record, constraints=spec.constraints), spec, self.limits.max_history)
+        var = Entry(replace(record, constraints=spec.constraints), spec, self.limits.max_history)
         var.history.extend(history)
-        self._by_name[record.name] = var
-        self._by_id[record.id] = var
+        self._table.add(var)
 
     def restore_dependency(self, from_id: str, to_id: str, dependency_type: str) -> None:
-        if from_id in self._by_id and to_id in self._by_id:
-            self._edges.setdefault(from_id, {})[to_id] = dependency_type
+        if self._table.by_id(from_id) and self._table.by_id(to_id):
+            self._graph.add(from_id, to_id, dependency_type)
 
     # ================================================================= internals
 
@@ -683,51 +550,12 @@ class VariableStore:
                 "expired); create the session again"
             )
 
-    def _resolve(self, ident: str) -> _Var:
-        if not isinstance(ident, str) or not ident:
-            raise InvalidArgumentError(
-                f"a variable is named by its name or id (a non-empty string), not {ident!r}"
-            )
-        var = self._by_name.get(ident) or self._by_id.get(ident)
-        if var is None:
+    def _resolve(self, ident: str) -> Entry:
+        if self._table.find(ident) is None:
             self._check_open()
-            shown = ident if len(ident) <= 60 else ident[:57] + "..."
-            known = ", ".join(sorted(self._by_name)[:10])
-            hint = (
-                f" (defined: {known}{', ...' if len(self._by_name) > 10 else ''})" if known else ""
-            )
-            raise VariableNotFoundError(
-                f"variable {shown!r} is not defined in session {self.session_id!r}{hint}; "
-                f"define it first, e.g. session.vars.define({shown!r}, value)"
-            )
-        return var
+        return self._table.resolve(ident)
 
-    @staticmethod
-    def _readable(var: _Var, source: str) -> bool:
-        return source == KERNEL_SOURCE or var.record.access.get("workers", "write") != "none"
-
-    def _check_read(self, var: _Var, source: str) -> None:
-        if not self._readable(var, source):
-            raise FailedPreconditionError(
-                f"variable {var.record.name!r} is hidden from workers (access control "
-                "workers=none); read it from the notebook"
-            )
-
-    def _check_write(self, var: _Var, source: str, optimizer_id: str | None) -> None:
-        record = var.record
-        if source != KERNEL_SOURCE and record.access.get("workers", "write") != "write":
-            raise FailedPreconditionError(
-                f"variable {record.name!r} is read-only for workers (access control "
-                f"workers={record.access.get('workers')}); change it from the notebook"
-            )
-        lock = record.optimization
-        if lock is not None and lock.optimizer_id not in (optimizer_id, source):
-            raise FailedPreconditionError(
-                f"variable {record.name!r} is being optimized by {lock.optimizer_id!r}; only it "
-                "may write until the optimization stops (stop_optimization, or force=True)"
-            )
-
-    def _check_version(self, var: _Var, expected: int | None) -> None:
+    def _check_version(self, var: Entry, expected: int | None) -> None:
         if expected is None:
             return
         if isinstance(expected, bool) or not isinstance(expected, int):
@@ -743,33 +571,7 @@ class VariableStore:
             )
 
     def _prepare(self, spec: TypeSpec, name: str, value: Any) -> tuple[Any, bytes | None]:
-        """Validate ``value`` and check its size; returns ``(stored value, encoded JSON)``."""
-        limit = self.limits.max_value_bytes
-        # Fast refusal before any copy or encoding: a 50 MB string costs nothing here.
-        if isinstance(value, str | bytes | bytearray) and len(value) > limit:
-            raise self._too_large(name, len(value))
-        nbytes = getattr(value, "nbytes", None)
-        if isinstance(nbytes, int) and nbytes > limit:
-            raise self._too_large(name, nbytes)
-        stored = spec.validate(name, value)
-        encoded: bytes | None = None
-        if self._db is not None or not isinstance(stored, bool | int | float) or stored is None:
-            encoded = encode_json(stored)
-            if len(encoded) > limit:
-                raise self._too_large(name, len(encoded))
-            if spec.type in ("list", "map"):
-                # An independent copy: the caller may mutate what it passed in.
-                from snakepit_nb.protocol.codec import decode_json
-
-                stored = decode_json(encoded)
-        return stored, encoded
-
-    def _too_large(self, name: str, size: int) -> ResourceExhaustedError:
-        return ResourceExhaustedError(
-            f"value of variable {name!r} is about {size:,} bytes, above the limit of "
-            f"{self.limits.max_value_bytes:,} (max_value_bytes); store large data elsewhere "
-            "(a file path, or a tool's own state) and keep a reference in the variable"
-        )
+        return admit(spec, name, value, self.limits.max_value_bytes, encode=self._db is not None)
 
     def _plan(
         self,
@@ -781,47 +583,55 @@ class VariableStore:
         optimizer_id: str | None,
         define_missing: bool,
     ) -> _Plan:
-        var = self._by_name.get(key) if isinstance(key, str) else None
-        if var is None and isinstance(key, str):
-            var = self._by_id.get(key)
+        var = self._table.find(key)
         if var is None and define_missing and isinstance(key, str) and expected is None:
             check_name(key)
             spec = TypeSpec.build(infer_type(value), None)
             stored, encoded = self._prepare(spec, key, value)
             return _Plan(key, None, key, stored, encoded, spec)
         var = self._resolve(key)
-        self._check_write(var, source, optimizer_id)
+        check_write(var.record, source, optimizer_id)
         self._check_version(var, expected)
         stored, encoded = self._prepare(var.spec, var.record.name, value)
         return _Plan(key, var, var.record.name, stored, encoded, var.spec)
 
-    def _define_planned(
-        self, plan: _Plan, source: str, meta: Mapping[str, str]
+    def _create(  # noqa: PLR0917
+        self,
+        name: str,
+        spec: TypeSpec,
+        stored: Any,
+        encoded: bytes | None,
+        source: str,
+        meta: Mapping[str, str],
+        *,
+        metadata: Mapping[str, str] = EMPTY,
+        access: Mapping[str, str] = EMPTY,
     ) -> tuple[VariableRecord, builtins.list[Statement]]:
+        """Define a new variable at version 1 (``meta`` is the write's, ``metadata`` its own)."""
         now = self._clock()
         record = VariableRecord(
             id=f"var_{uuid.uuid4().hex[:16]}",
-            name=plan.name,
-            type=plan.spec.type,
-            value=plan.value,
+            name=name,
+            type=spec.type,
+            value=stored,
             version=1,
-            constraints=plan.spec.constraints,
-            metadata=_EMPTY,
+            constraints=spec.constraints,
+            metadata=metadata,
             source=source,
             created_at=now,
             updated_at=now,
+            access=access,
         )
-        var = _Var(record, plan.spec, self.limits.max_history)
-        self._by_name[plan.name] = var
-        self._by_id[record.id] = var
-        entry = VariableVersion(1, plan.value, source, now, meta)
+        var = Entry(record, spec, self.limits.max_history)
+        self._table.add(var)
+        entry = VariableVersion(1, stored, source, now, meta)
         var.history.append(entry)
         self._notify(ChangeKind.REGISTERED, record, source, now, meta)
-        return record, self._write_statements(var, entry, plan.encoded, new=True)
+        return record, self._write_statements(var, entry, encoded, new=True)
 
     def _apply(
         self,
-        var: _Var,
+        var: Entry,
         stored: Any,
         encoded: bytes | None,
         source: str,
@@ -838,22 +648,19 @@ class VariableStore:
         return record, self._write_statements(var, entry, encoded)
 
     def _write_statements(
-        self, var: _Var, entry: VariableVersion, encoded: bytes | None, *, new: bool = False
+        self, var: Entry, entry: VariableVersion, encoded: bytes | None, *, new: bool = False
     ) -> builtins.list[Statement]:
         if self._db is None:
             return []
-        if encoded is None:
-            encoded = encode_json(entry.value)
-        statements: builtins.list[Statement] = []
-        if new:
-            statements.append(sql.session_upsert(self.session_id, {}, self._clock()))
-        statements.append(sql.variable_upsert(self.session_id, var.record, encoded))
-        statements.append(sql.history_insert(self.session_id, var.record.id, entry, encoded))
-        oldest = entry.version - self.limits.max_history
-        if oldest >= 1 and entry.version % 64 == 0:
-            # Trimming every 64th write keeps the table within max_history + 64 rows.
-            statements.append(sql.history_trim(var.record.id, oldest))
-        return statements
+        return sql.write_statements(
+            self.session_id,
+            var.record,
+            entry,
+            encoded,
+            new=new,
+            max_history=self.limits.max_history,
+            now=self._clock(),
+        )
 
     async def _persist(self, statements: builtins.list[Statement]) -> None:
         if self._db is not None and statements:
@@ -862,51 +669,18 @@ class VariableStore:
     def _notify(
         self, kind: str, record: VariableRecord, source: str, at: float, meta: Mapping[str, str]
     ) -> None:
-        if not self._watchers:
-            return
-        change: VariableChange | None = None
-        hidden = record.access.get("workers") == "none"
-        for watcher in list(self._watchers):
-            if not watcher.wants(record.name) or (hidden and watcher.source != KERNEL_SOURCE):
-                continue
-            if change is None:
-                change = VariableChange(kind, record, source, at, meta)
-            watcher.push(change)
+        self._watchers.notify(kind, record, source, at, meta)
 
-    def _notify_dependents(self, var: _Var, source: str, at: float) -> None:
-        if not self._watchers or var.record.id not in self._edges:
+    def _notify_dependents(self, var: Entry, source: str, at: float) -> None:
+        if not self._watchers or var.record.id not in self._graph:
             return
         meta = MappingProxyType(
             {"dependency": var.record.name, "dependency_version": str(var.record.version)}
         )
-        seen: set[str] = set()
-        queue = list(self._edges[var.record.id])
-        while queue:
-            dep_id = queue.pop(0)
-            if dep_id in seen or dep_id not in self._by_id:
-                continue
-            seen.add(dep_id)
-            self._notify(ChangeKind.DEPENDENCY, self._by_id[dep_id].record, source, at, meta)
-            queue.extend(self._edges.get(dep_id, {}))
-
-    def _path(self, start: str, goal: str) -> builtins.list[str] | None:
-        """Ids from ``start`` to ``goal`` following dependency edges, or None."""
-        parents: dict[str, str | None] = {start: None}
-        queue = [start]
-        while queue:
-            node = queue.pop(0)
-            if node == goal:
-                path: builtins.list[str] = []
-                cur: str | None = node
-                while cur is not None:
-                    path.append(cur)
-                    cur = parents[cur]
-                return path[::-1]
-            for nxt in self._edges.get(node, {}):
-                if nxt not in parents:
-                    parents[nxt] = node
-                    queue.append(nxt)
-        return None
+        for dep_id in self._graph.downstream(var.record.id):
+            dep = self._table.by_id(dep_id)
+            if dep is not None:
+                self._notify(ChangeKind.DEPENDENCY, dep.record, source, at, meta)
 
 
 def _same_value(a: object, b: object) -> bool:

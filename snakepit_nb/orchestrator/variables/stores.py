@@ -24,20 +24,18 @@ from typing import TYPE_CHECKING
 from snakepit_nb._errors import InvalidArgumentError, SessionNotFoundError
 from snakepit_nb.orchestrator.variables import persistence as sql
 from snakepit_nb.orchestrator.variables.persistence import StateDatabase
-from snakepit_nb.orchestrator.variables.store import (
-    MIB,
-    BatchOutcome,
-    VariableLimits,
-    VariableStore,
-)
-from snakepit_nb.orchestrator.variables.types import (
+from snakepit_nb.orchestrator.variables.policy import MIB, VariableLimits
+from snakepit_nb.orchestrator.variables.records import (
     KERNEL_SOURCE,
-    VARIABLE_TYPES,
+    BatchOutcome,
     OptimizationLock,
-    TypeSpec,
     VariableRecord,
     VariableVersion,
 )
+from snakepit_nb.orchestrator.variables.store import (
+    VariableStore,
+)
+from snakepit_nb.orchestrator.variables.types import VARIABLE_TYPES, TypeSpec
 from snakepit_nb.orchestrator.variables.watchers import ChangeKind, VariableChange, Watcher
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import decode_json

@@ -35,27 +35,21 @@ from __future__ import annotations
 
 import math
 import re
-import reprlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
 from snakepit_nb._errors import ConstraintViolationError, InvalidArgumentError
+from snakepit_nb.orchestrator.variables.records import short
 
 __all__ = [
-    "KERNEL_SOURCE",
     "VARIABLE_TYPES",
-    "OptimizationLock",
     "TypeSpec",
-    "VariableRecord",
-    "VariableVersion",
     "check_name",
     "infer_type",
     "normalize_type",
 ]
-
-KERNEL_SOURCE: Final = "kernel"
 
 VARIABLE_TYPES: Final = (
     "float",
@@ -103,81 +97,6 @@ _CONSTRAINT_KEYS: Final[dict[str, tuple[str, ...]]] = {
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 MAX_NAME_LENGTH: Final = 128
 _MAX_DEPTH = 100
-
-
-# ---------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class VariableVersion:
-    """One entry of a variable's history: the value it had at ``version``.
-
-    ``source`` is ``"kernel"`` (the notebook side) or the id of the worker that wrote it;
-    ``at`` is wall-clock seconds (``time.time()``).
-    """
-
-    version: int
-    value: Any
-    source: str
-    at: float
-    metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-    def __repr__(self) -> str:
-        return f"<VariableVersion {self.version}: {_short(self.value)} by {self.source}>"
-
-
-@dataclass(frozen=True)
-class OptimizationLock:
-    """A variable being optimized: only ``optimizer_id`` may write it until it stops."""
-
-    optimizer_id: str
-    optimization_id: str
-    started_at: float
-    config: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-
-@dataclass(frozen=True)
-class VariableRecord:
-    """A variable as stored: its current value, version and settings.
-
-    >>> v = session.vars.info("temperature")
-    >>> v.value, v.version, v.type
-    (0.7, 3, 'float')
-    """
-
-    id: str
-    name: str
-    type: str
-    value: Any
-    version: int
-    constraints: Mapping[str, Any]
-    metadata: Mapping[str, str]
-    source: str
-    created_at: float
-    updated_at: float
-    access: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    optimization: OptimizationLock | None = None
-
-    @property
-    def read_only_for_workers(self) -> bool:
-        return self.access.get("workers", "write") != "write"
-
-    @property
-    def updated_by(self) -> str:
-        """Who wrote the current version: ``"kernel"`` or a worker id."""
-        return self.source
-
-    def _repr_html_(self) -> str:
-        from snakepit_nb.display.reprs import variable_html
-
-        return variable_html(self)
-
-    def __repr__(self) -> str:
-        lock = f", optimized by {self.optimization.optimizer_id}" if self.optimization else ""
-        return (
-            f"<Variable {self.name}: {self.type} = {_short(self.value)} "
-            f"(version {self.version}, by {self.source}{lock})>"
-        )
 
 
 # ---------------------------------------------------------------------------- names and types
@@ -441,7 +360,7 @@ def _check_constraint(vtype: str, key: str, value: object) -> object:
 
 def _float(spec: TypeSpec, name: str, value: object) -> float:
     if not _is_number(value):
-        raise spec.refuse(name, f"needs a number; got {type(value).__name__} {_short(value)}")
+        raise spec.refuse(name, f"needs a number; got {type(value).__name__} {short(value)}")
     try:
         number = float(value)  # type: ignore[arg-type]
     except OverflowError as exc:
@@ -458,30 +377,30 @@ def _integer(spec: TypeSpec, name: str, value: object) -> int:
             raise spec.refuse(name, f"needs a whole number; got {value!r}")
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise spec.refuse(name, f"needs an integer; got {type(value).__name__} {_short(value)}")
+        raise spec.refuse(name, f"needs an integer; got {type(value).__name__} {short(value)}")
     spec.check_range(name, value)
     return value
 
 
 def _string(spec: TypeSpec, name: str, value: object) -> str:
     if not isinstance(value, str):
-        raise spec.refuse(name, f"needs a string; got {type(value).__name__} {_short(value)}")
+        raise spec.refuse(name, f"needs a string; got {type(value).__name__} {short(value)}")
     spec.check_length(name, len(value), "characters")
     enum = spec.constraints.get("enum")
     if enum is not None and value not in enum:
-        raise spec.refuse(name, f"must be one of {enum} (constraint enum); got {_short(value)}")
+        raise spec.refuse(name, f"must be one of {enum} (constraint enum); got {short(value)}")
     if spec._pattern is not None and spec._pattern.search(value) is None:
         raise spec.refuse(
             name,
             f"must match pattern {spec.constraints['pattern']!r} (constraint pattern); "
-            f"got {_short(value)}",
+            f"got {short(value)}",
         )
     return value
 
 
 def _boolean(spec: TypeSpec, name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise spec.refuse(name, f"needs True or False; got {type(value).__name__} {_short(value)}")
+        raise spec.refuse(name, f"needs True or False; got {type(value).__name__} {short(value)}")
     return value
 
 
@@ -492,13 +411,13 @@ def _choice(spec: TypeSpec, name: str, value: object) -> object:
             return option
     raise spec.refuse(
         name,
-        f"must be one of {spec.constraints['choices']} (constraint choices); got {_short(value)}",
+        f"must be one of {spec.constraints['choices']} (constraint choices); got {short(value)}",
     )
 
 
 def _module(spec: TypeSpec, name: str, value: object) -> str:
     if not isinstance(value, str) or not value:
-        raise spec.refuse(name, f"needs a module name (a string); got {_short(value)}")
+        raise spec.refuse(name, f"needs a module name (a string); got {short(value)}")
     allowed = spec.constraints.get("allowed_modules")
     if allowed is not None and value not in allowed:
         raise spec.refuse(
@@ -512,7 +431,7 @@ def _numbers(spec: TypeSpec, name: str, items: Sequence[object], kind: str) -> l
     for index, item in enumerate(items):
         if not _is_number(item):
             raise spec.refuse(
-                name, f"needs numbers; item {index} is {type(item).__name__} {_short(item)}"
+                name, f"needs numbers; item {index} is {type(item).__name__} {short(item)}"
             )
         try:
             number = float(item)  # type: ignore[arg-type]
@@ -557,7 +476,7 @@ def _tensor(spec: TypeSpec, name: str, value: object) -> dict[str, object]:
         if not isinstance(shape_raw, list | tuple) or not all(
             isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape_raw
         ):
-            raise spec.refuse(name, f"has a bad shape {_short(shape_raw)}; use a list of sizes")
+            raise spec.refuse(name, f"has a bad shape {short(shape_raw)}; use a list of sizes")
         shape = list(shape_raw)
         flat = _flatten(spec, name, data, shape)
     elif isinstance(value, list | tuple):
@@ -617,7 +536,7 @@ def _flatten(spec: TypeSpec, name: str, data: object, shape: list[int]) -> list[
 def _list(spec: TypeSpec, name: str, value: object) -> list[object]:
     value = _tolist(value)
     if not isinstance(value, list | tuple):
-        raise spec.refuse(name, f"needs a list; got {type(value).__name__} {_short(value)}")
+        raise spec.refuse(name, f"needs a list; got {type(value).__name__} {short(value)}")
     spec.check_length(name, len(value), "items")
     spec.check_nested_finite(name, value)
     return list(value)
@@ -625,7 +544,7 @@ def _list(spec: TypeSpec, name: str, value: object) -> list[object]:
 
 def _map(spec: TypeSpec, name: str, value: object) -> dict[object, object]:
     if not isinstance(value, Mapping):
-        raise spec.refuse(name, f"needs a dict; got {type(value).__name__} {_short(value)}")
+        raise spec.refuse(name, f"needs a dict; got {type(value).__name__} {short(value)}")
     spec.check_length(name, len(value), "keys")
     required = spec.constraints.get("required_keys")
     if required:
@@ -638,7 +557,7 @@ def _map(spec: TypeSpec, name: str, value: object) -> dict[object, object]:
 
 def _bytes(spec: TypeSpec, name: str, value: object) -> bytes:
     if not isinstance(value, bytes | bytearray | memoryview):
-        raise spec.refuse(name, f"needs bytes; got {type(value).__name__} {_short(value)}")
+        raise spec.refuse(name, f"needs bytes; got {type(value).__name__} {short(value)}")
     data = bytes(value)
     spec.check_length(name, len(data), "bytes")
     return data
@@ -657,14 +576,3 @@ _CHECKERS: Final[dict[str, Any]] = {
     "map": _map,
     "bytes": _bytes,
 }
-
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 60
-_REPR.maxlist = _REPR.maxdict = 8
-_REPR.maxlevel = 3
-
-
-def _short(value: object) -> str:
-    """A repr that never dumps a 50 MB value into an error message."""
-    return _REPR.repr(value)

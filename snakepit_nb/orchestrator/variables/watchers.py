@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from snakepit_nb.orchestrator.variables.types import VariableRecord
+from snakepit_nb._errors import ResourceExhaustedError
+from snakepit_nb.orchestrator.variables.policy import readable
+from snakepit_nb.orchestrator.variables.records import KERNEL_SOURCE, VariableRecord
 
-__all__ = ["ChangeKind", "VariableChange", "Watcher"]
+__all__ = ["ChangeKind", "VariableChange", "Watcher", "WatcherSet"]
 
 
 class ChangeKind:
@@ -187,3 +189,61 @@ class Watcher:
 
     async def __anext__(self) -> VariableChange:
         return await self.next()
+
+
+class WatcherSet:
+    """The open watchers of one session, and the fan-out of each change to them."""
+
+    def __init__(self, session_id: str, max_watchers: int) -> None:
+        self.session_id = session_id
+        self.max_watchers = max_watchers
+        self._watchers: set[Watcher] = set()
+
+    def __len__(self) -> int:
+        return len(self._watchers)
+
+    def __bool__(self) -> bool:
+        return bool(self._watchers)
+
+    def open(
+        self,
+        names: list[str] | None,
+        initial: Iterable[VariableRecord],
+        *,
+        capacity: int,
+        source: str,
+        at: float,
+    ) -> Watcher:
+        """A new watcher of ``names`` (None: all), primed with the ``initial`` records that
+        ``source`` may see."""
+        if len(self._watchers) >= self.max_watchers:
+            raise ResourceExhaustedError(
+                f"session {self.session_id!r} has {len(self._watchers)} watchers, the maximum; "
+                "close watches you no longer read"
+            )
+        watcher = Watcher(names, capacity=capacity, on_close=self._watchers.discard, source=source)
+        for record in initial:
+            if readable(record, source):
+                watcher.push(VariableChange(ChangeKind.INITIAL, record, record.source, at))
+        self._watchers.add(watcher)
+        return watcher
+
+    def notify(
+        self, kind: str, record: VariableRecord, source: str, at: float, meta: Mapping[str, str]
+    ) -> None:
+        """Hand one change to every watcher that wants it (one change object for all)."""
+        if not self._watchers:
+            return
+        change: VariableChange | None = None
+        hidden = record.access.get("workers") == "none"
+        for watcher in list(self._watchers):
+            if not watcher.wants(record.name) or (hidden and watcher.source != KERNEL_SOURCE):
+                continue
+            if change is None:
+                change = VariableChange(kind, record, source, at, meta)
+            watcher.push(change)
+
+    def close(self, reason: str) -> None:
+        for watcher in list(self._watchers):
+            watcher.close(reason)
+        self._watchers.clear()

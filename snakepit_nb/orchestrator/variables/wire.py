@@ -11,7 +11,11 @@ from collections import OrderedDict
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from snakepit_nb.orchestrator.variables.types import KERNEL_SOURCE, VariableRecord, VariableVersion
+from snakepit_nb.orchestrator.variables.records import (
+    KERNEL_SOURCE,
+    VariableRecord,
+    VariableVersion,
+)
 from snakepit_nb.orchestrator.variables.watchers import VariableChange
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import encode_any
