@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from snakepit_nb.orchestrator.registry import ParameterInfo, ToolSpec
     from snakepit_nb.orchestrator.sessions import SessionInfo
     from snakepit_nb.orchestrator.status import ClientStatus
-    from snakepit_nb.worker.adapter import Adapter, tool
+    from snakepit_nb.tools.adapter import Adapter, tool
     from snakepit_nb.worker.context import SessionContext
 
 __version__ = "0.1.0"
@@ -126,8 +126,8 @@ _LAZY = {
     "Config": "snakepit_nb.orchestrator.config",
     "ToolSpec": "snakepit_nb.orchestrator.registry",
     "ParameterInfo": "snakepit_nb.orchestrator.registry",
-    "Adapter": "snakepit_nb.worker.adapter",
-    "tool": "snakepit_nb.worker.adapter",
+    "Adapter": "snakepit_nb.tools.adapter",
+    "tool": "snakepit_nb.tools.adapter",
     "SessionContext": "snakepit_nb.worker.context",
 }
 

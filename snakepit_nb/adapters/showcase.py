@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from snakepit_nb._errors import VersionConflictError
-from snakepit_nb.worker.adapter import Adapter, tool
+from snakepit_nb.tools.adapter import Adapter, tool
 from snakepit_nb.worker.context import SessionContext
 
 __all__ = ["ShowcaseAdapter"]

@@ -14,7 +14,6 @@ and blocks, one line per method. A blocking method called on the loop thread its
 
 from __future__ import annotations
 
-import ast
 import atexit
 import contextlib
 import threading
@@ -28,10 +27,12 @@ from snakepit_nb.client.sessions import AsyncSession, Session
 from snakepit_nb.client.streams import AsyncTelemetryFeed, TelemetryFeed, on_loop
 from snakepit_nb.orchestrator.config import Config
 from snakepit_nb.orchestrator.orchestrator import Orchestrator
-from snakepit_nb.orchestrator.registry import ToolSpec, check_tool_name
+from snakepit_nb.orchestrator.registry import ToolSpec
 from snakepit_nb.orchestrator.service import Service
 from snakepit_nb.orchestrator.sessions import SessionInfo
 from snakepit_nb.orchestrator.status import ClientStatus
+from snakepit_nb.protocol.names import check_tool_name
+from snakepit_nb.tools.source import find_tool_function
 
 __all__ = ["AsyncClient", "Client", "ClientStatus", "astart", "start"]
 
@@ -40,51 +41,15 @@ def _parse_tool_source(
     source: str, function: str | None, name: str | None
 ) -> tuple[str, str, bool, str]:
     """(function, tool name, is a generator, docstring) of a cell's source; checks it parses."""
-    if not isinstance(source, str) or not source.strip():
-        raise InvalidArgumentError("define_tool needs the source text of a function definition")
     try:
-        module = ast.parse(source)
+        found = find_tool_function(source, function)
     except SyntaxError as exc:
         raise InvalidArgumentError(
             f"the tool's source does not parse: {exc.msg} (line {exc.lineno}); fix the cell "
             "and run it again (no tool was changed)"
         ) from None
-    defs = [n for n in module.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-    if not defs:
-        raise InvalidArgumentError(
-            "the tool's source defines no function; write `def my_tool(...):` in the cell"
-        )
-    if function is None:
-        node = defs[-1]  # helpers first, the tool last: the usual shape of a cell
-    else:
-        found = [n for n in defs if n.name == function]
-        if not found:
-            names = ", ".join(n.name for n in defs)
-            raise InvalidArgumentError(
-                f"the source defines no function {function!r}; it defines: {names}"
-            )
-        node = found[-1]
-    is_generator = is_generator_def(node)
-    doc = ast.get_docstring(node) or ""
-    return node.name, check_tool_name(name or node.name), is_generator, doc
-
-
-def is_generator_def(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """Whether ``func`` is a generator: its own body yields (nested functions don't count)."""
-    return any(isinstance(n, ast.Yield | ast.YieldFrom) for n in _own_nodes(func))
-
-
-def _own_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:
-    """Nodes of ``func``'s body, not of functions or lambdas nested in it."""
-    found: list[ast.AST] = []
-    stack: list[ast.AST] = list(func.body)
-    while stack:
-        node = stack.pop()
-        found.append(node)
-        for child in ast.iter_child_nodes(node):
-            if not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-                stack.append(child)
-    return found
+    tool_name = check_tool_name(name or found.function)
+    return found.function, tool_name, found.is_generator, found.docstring
 
 
 class AsyncClient:

@@ -12,12 +12,12 @@ function is registered as a kernel tool that workers call through ``ExecuteElixi
 
 from __future__ import annotations
 
-import ast
 from typing import Any
 
 from IPython.core.error import UsageError
 
-from snakepit_nb.client.clients import is_generator_def
+from snakepit_nb._errors import InvalidArgumentError
+from snakepit_nb.tools.source import find_tool_function
 
 CELL_FILENAME = "<snakepit_tool cell>"
 
@@ -27,22 +27,10 @@ def inspect_cell(source: str, function: str | None) -> tuple[str, bool]:
     if not source.strip():
         raise UsageError("the cell is empty; write the tool's function below %%snakepit_tool")
     try:
-        module = ast.parse(source, filename=CELL_FILENAME)
-    except SyntaxError as exc:
-        raise SyntaxError(exc.msg, (CELL_FILENAME, exc.lineno, exc.offset, exc.text)) from None
-    defs = [n for n in module.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-    if not defs:
-        raise UsageError("the cell defines no function; write `def my_tool(...):` in it")
-    if function is None:
-        node = defs[-1]
-    else:
-        matches = [n for n in defs if n.name == function]
-        if not matches:
-            names = ", ".join(n.name for n in defs)
-            raise UsageError(f"the cell defines no function {function!r}; it defines: {names}")
-        node = matches[-1]
-    generator = is_generator_def(node)
-    return node.name, generator
+        found = find_tool_function(source, function, filename=CELL_FILENAME)
+    except InvalidArgumentError as exc:
+        raise UsageError(str(exc)) from None
+    return found.function, found.is_generator
 
 
 def define_cell_tool(

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError, ToolNotFoundError
-from snakepit_nb.orchestrator.registry import ToolRegistry, check_tool_name
+from snakepit_nb.orchestrator.registry import ToolRegistry
 from snakepit_nb.protocol import pb
-from snakepit_nb.worker.definition import StreamKind, ToolDefinition
+from snakepit_nb.protocol.names import check_tool_name
+from snakepit_nb.tools.definition import StreamKind, ToolDefinition
 
 __all__ = ["KernelTool", "KernelToolStream", "KernelTools"]
 

@@ -8,26 +8,22 @@ bytes of metadata).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError, ToolNotFoundError
 from snakepit_nb.protocol import pb
+from snakepit_nb.protocol.names import check_tool_name
 
 __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_METADATA_ENTRIES",
-    "MAX_TOOL_NAME",
     "ParameterInfo",
     "ToolRegistry",
     "ToolSpec",
-    "check_tool_name",
 ]
 
-TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-MAX_TOOL_NAME = 64
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_BYTES = 4096
 _LIST_AT_MOST = 25
@@ -133,16 +129,6 @@ class ToolSpec:
             metadata=dict(spec.metadata),
             required_variables=tuple(spec.required_variables),
         )
-
-
-def check_tool_name(name: object) -> str:
-    """Return ``name`` if it is a valid tool name, else raise ``InvalidArgumentError``."""
-    if not isinstance(name, str) or not TOOL_NAME_RE.match(name) or len(name) > MAX_TOOL_NAME:
-        raise InvalidArgumentError(
-            f"tool name {name!r} is not valid; use letters, digits, '_', '.' or '-', starting "
-            f"with a letter or digit, at most {MAX_TOOL_NAME} characters"
-        )
-    return name
 
 
 def check_metadata(name: str, metadata: Mapping[str, str]) -> None:

@@ -21,10 +21,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from snakepit_nb.worker.adapter import Adapter, ToolTable, tool
+    from snakepit_nb.tools.adapter import Adapter, ToolTable, tool
+    from snakepit_nb.tools.definition import ToolDefinition
+    from snakepit_nb.tools.source import define_tool_from_source
     from snakepit_nb.worker.context import SessionContext
-    from snakepit_nb.worker.definition import ToolDefinition
-    from snakepit_nb.worker.source_tools import define_tool_from_source
 
 __all__ = [
     "Adapter",
@@ -36,12 +36,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Adapter": "snakepit_nb.worker.adapter",
-    "ToolTable": "snakepit_nb.worker.adapter",
-    "tool": "snakepit_nb.worker.adapter",
+    "Adapter": "snakepit_nb.tools.adapter",
+    "ToolTable": "snakepit_nb.tools.adapter",
+    "tool": "snakepit_nb.tools.adapter",
     "SessionContext": "snakepit_nb.worker.context",
-    "ToolDefinition": "snakepit_nb.worker.definition",
-    "define_tool_from_source": "snakepit_nb.worker.source_tools",
+    "ToolDefinition": "snakepit_nb.tools.definition",
+    "define_tool_from_source": "snakepit_nb.tools.source",
 }
 
 

@@ -32,9 +32,9 @@ from snakepit_nb.protocol.codec import (
     error_info,
     error_payload,
 )
-from snakepit_nb.worker.adapter import ToolTable
+from snakepit_nb.tools.adapter import ToolTable
+from snakepit_nb.tools.definition import StreamKind, ToolDefinition
 from snakepit_nb.worker.context import CallControl, SessionContext
-from snakepit_nb.worker.definition import StreamKind, ToolDefinition
 from snakepit_nb.worker.link import OrchestratorLink
 from snakepit_nb.worker.runner import SyncRunner
 from snakepit_nb.worker.telemetry import TelemetryHub

@@ -34,12 +34,12 @@ from snakepit_nb.protocol.auth import DEFAULT_MAX_MESSAGE_BYTES, TokenIntercepto
 from snakepit_nb.protocol.boundary import DecodingGuard
 from snakepit_nb.protocol.codec import error_payload
 from snakepit_nb.protocol.status import abort, abort_with_tool_error, unimplemented_message
-from snakepit_nb.worker.adapter import Adapter, ToolTable, is_adapter_class
+from snakepit_nb.tools.adapter import Adapter, ToolTable, is_adapter_class
+from snakepit_nb.tools.source import define_tool_from_source, trim_to_cell
 from snakepit_nb.worker.channel import ChannelServer
 from snakepit_nb.worker.invocation import CORRELATION_HEADER, Invoker
 from snakepit_nb.worker.lifecycle import write_ready_file
 from snakepit_nb.worker.link import OrchestratorLink
-from snakepit_nb.worker.source_tools import define_tool_from_source, trim_to_cell
 from snakepit_nb.worker.streaming import BATCHING_KEY, StreamRun, ToolStreamError
 from snakepit_nb.worker.telemetry import TelemetryHub
 

@@ -25,7 +25,7 @@ from typing import Any
 from snakepit_nb._errors import InvalidArgumentError, ResourceExhaustedError
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import encode_chunk, encode_chunk_batch
-from snakepit_nb.worker.definition import StreamKind
+from snakepit_nb.tools.definition import StreamKind
 from snakepit_nb.worker.invocation import Invoker, PreparedCall, trim_traceback
 
 __all__ = ["BATCHING_KEY", "RETURN_KEY", "ChunkBuffer", "StreamRun", "ToolStreamError"]

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
-from snakepit_nb.worker.adapter import tool
+from snakepit_nb.tools.adapter import tool
 from snakepit_nb.worker.context import SessionContext
 
 from . import environment

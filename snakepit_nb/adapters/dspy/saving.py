@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
-from snakepit_nb.worker.adapter import tool
+from snakepit_nb.tools.adapter import tool
 from snakepit_nb.worker.context import SessionContext
 
 from .programs import ProgramVariables, build_program, validate_program_name

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
-from snakepit_nb.worker.adapter import Adapter
+from snakepit_nb.tools.adapter import Adapter
 from snakepit_nb.worker.context import SessionContext
 
 from . import environment

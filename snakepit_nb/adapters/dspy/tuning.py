@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from snakepit_nb.worker.adapter import tool
+from snakepit_nb.tools.adapter import tool
 from snakepit_nb.worker.context import SessionContext
 
 from .background import BackgroundRun

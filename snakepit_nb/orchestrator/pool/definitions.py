@@ -24,9 +24,9 @@ from snakepit_nb._errors import (
     WorkerUnavailableError,
 )
 from snakepit_nb.orchestrator.pool.handle import WorkerHandle, WorkerState
-from snakepit_nb.orchestrator.registry import check_tool_name
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import remote_error_from_payload
+from snakepit_nb.protocol.names import check_tool_name
 from snakepit_nb.protocol.status import map_rpc_error
 
 if TYPE_CHECKING:

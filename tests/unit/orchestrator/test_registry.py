@@ -5,14 +5,10 @@ from __future__ import annotations
 import pytest
 
 from snakepit_nb._errors import InvalidArgumentError, ToolNotFoundError
-from snakepit_nb.orchestrator.registry import (
-    NO_DEFAULT,
-    ToolRegistry,
-    ToolSpec,
-    check_tool_name,
-)
+from snakepit_nb.orchestrator.registry import NO_DEFAULT, ToolRegistry, ToolSpec
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import encode_any
+from snakepit_nb.protocol.names import check_tool_name
 
 
 def spec(name: str, **metadata: str) -> pb.ToolSpec:

@@ -11,9 +11,9 @@ import pytest
 
 from snakepit_nb._errors import InvalidArgumentError, ToolNotFoundError
 from snakepit_nb.protocol.codec import decode_any
+from snakepit_nb.tools.definition import StreamKind, ToolDefinition
+from snakepit_nb.tools.source import define_tool_from_source
 from snakepit_nb.worker import Adapter, SessionContext, ToolTable, tool
-from snakepit_nb.worker.definition import StreamKind, ToolDefinition
-from snakepit_nb.worker.source_tools import define_tool_from_source
 
 
 @dataclasses.dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 import inspect
 import json
-import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,8 @@ from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
 from snakepit_nb.protocol import pb
-from snakepit_nb.worker.parameters import (
+from snakepit_nb.protocol.names import check_tool_name
+from snakepit_nb.tools.parameters import (
     Parameter,
     build_checker,
     expects_text,
@@ -26,20 +26,7 @@ from snakepit_nb.worker.parameters import (
     type_label,
 )
 
-__all__ = ["TOOL_NAME_PATTERN", "StreamKind", "ToolDefinition", "validate_tool_name"]
-
-TOOL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-MAX_TOOL_NAME = 64
-
-
-def validate_tool_name(name: str) -> str:
-    """Return ``name`` if it is a valid tool name, else raise InvalidArgumentError."""
-    if not isinstance(name, str) or not TOOL_NAME_PATTERN.match(name) or len(name) > MAX_TOOL_NAME:
-        raise InvalidArgumentError(
-            f"tool name {name!r} is not valid; use letters, digits, '_', '.' and '-' "
-            f"(starting with a letter or digit), at most {MAX_TOOL_NAME} characters"
-        )
-    return name
+__all__ = ["StreamKind", "ToolDefinition"]
 
 
 class StreamKind(enum.Enum):
@@ -98,7 +85,7 @@ class ToolDefinition:
         ``streaming=None`` detects generators and async generators; ``True`` declares a
         function that returns an iterator; ``False`` refuses a generator function.
         """
-        tool_name = validate_tool_name(str(name or getattr(func, "__name__", "")))
+        tool_name = check_tool_name(str(name or getattr(func, "__name__", "")))
         doc_description, doc_params = parse_docstring(inspect.getdoc(func))
         hints = resolve_hints(func)
         signature = inspect.signature(func)

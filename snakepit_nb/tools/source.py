@@ -9,6 +9,7 @@ the previous definition.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import collections
 import inspect
@@ -18,11 +19,20 @@ import re
 import sys
 import types
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from snakepit_nb._errors import InvalidArgumentError, SnakepitError
-from snakepit_nb.worker.definition import ToolDefinition, validate_tool_name
+from snakepit_nb.protocol.names import check_tool_name
+from snakepit_nb.tools.definition import ToolDefinition
 
-__all__ = ["MAX_SOURCE_BYTES", "define_tool_from_source", "trim_to_cell"]
+__all__ = [
+    "MAX_SOURCE_BYTES",
+    "SourceTool",
+    "define_tool_from_source",
+    "find_tool_function",
+    "is_generator_def",
+    "trim_to_cell",
+]
 
 MAX_SOURCE_BYTES = 1024 * 1024
 CELL_PREFIX = "<snakepit-cell "
@@ -30,6 +40,60 @@ _serial = itertools.count(1)
 # Sources of failed definitions stay readable for their tracebacks, the most recent few only.
 _failed_sources: collections.deque[str] = collections.deque()
 _KEEP_FAILED = 16
+
+
+@dataclass(frozen=True)
+class SourceTool:
+    """What the source text of a tool says about it, read without running it."""
+
+    function: str
+    is_generator: bool
+    docstring: str
+
+
+def find_tool_function(
+    source: str, function: str | None = None, *, filename: str = "<snakepit_tool cell>"
+) -> SourceTool:
+    """The tool function of a cell's source: ``function``, or the last one defined (helpers
+    first, the tool last: the usual shape of a cell).
+
+    Raises SyntaxError (located in ``filename``) when the source does not parse, and
+    InvalidArgumentError when it is empty or defines no such function.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidArgumentError(
+            "the source is empty; write the tool's function definition, e.g. `def my_tool(x):`"
+        )
+    module = ast.parse(source, filename=filename)
+    defs = [n for n in module.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    if not defs:
+        raise InvalidArgumentError(
+            "the source defines no function; write `def my_tool(...):` in it"
+        )
+    if function is None:
+        node = defs[-1]
+    else:
+        found = [n for n in defs if n.name == function]
+        if not found:
+            names = ", ".join(n.name for n in defs)
+            raise InvalidArgumentError(
+                f"the source defines no function {function!r}; it defines: {names}"
+            )
+        node = found[-1]
+    return SourceTool(node.name, is_generator_def(node), ast.get_docstring(node) or "")
+
+
+def is_generator_def(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether ``func`` is a generator: its own body yields (nested functions don't count)."""
+    own: list[ast.AST] = []
+    stack: list[ast.AST] = list(func.body)
+    while stack:
+        node = stack.pop()
+        own.append(node)
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                stack.append(child)
+    return any(isinstance(n, ast.Yield | ast.YieldFrom) for n in own)
 
 
 def define_tool_from_source(
@@ -92,7 +156,7 @@ def define_tool_from_source(
         while len(_failed_sources) > _KEEP_FAILED:
             linecache.cache.pop(_failed_sources.popleft(), None)
         raise
-    validate_tool_name(definition.name)
+    check_tool_name(definition.name)
     return definition
 
 

@@ -29,7 +29,7 @@ from typing import Any, TypeVar, overload
 
 from snakepit_nb._errors import InvalidArgumentError, ToolNotFoundError
 from snakepit_nb.protocol import pb
-from snakepit_nb.worker.definition import ToolDefinition
+from snakepit_nb.tools.definition import ToolDefinition
 
 __all__ = ["Adapter", "ToolOptions", "ToolTable", "tool"]
 
