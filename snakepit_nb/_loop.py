@@ -144,6 +144,26 @@ class LoopThread:
             self._thread.join(timeout)
 
 
+def running_on(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the calling thread is running ``loop`` right now."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def set_event(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+    """Set ``event`` of ``loop`` from any thread (at once on the loop's own thread).
+
+    A closed loop means nobody is left to wake: that is not an error.
+    """
+    if running_on(loop):
+        event.set()
+    else:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(event.set)
+
+
 _lock = threading.Lock()
 _shared: LoopThread | None = None
 

@@ -13,11 +13,10 @@ import concurrent.futures
 import contextlib
 import queue
 import threading
-import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from snakepit_nb._errors import ClosedError, RemoteToolError, SnakepitError
+from snakepit_nb._errors import ClosedError, SnakepitError
 from snakepit_nb._loop import LoopThread
 from snakepit_nb.orchestrator.telemetry import TelemetryEvent, TelemetrySubscription
 
@@ -38,18 +37,6 @@ async def on_loop(loop_thread: LoopThread, coro: Coroutine[Any, Any, T]) -> T:
 
 
 BatchSource = Callable[[], AsyncIterator[list[object]]]
-
-
-def kernel_tool_error(exc: BaseException, tool: str, session_id: str) -> RemoteToolError:
-    """A kernel tool's exception, shaped like a worker tool's."""
-    return RemoteToolError(
-        type(exc).__name__,
-        str(exc),
-        "".join(traceback.format_exception(exc)),
-        tool_name=tool,
-        session_id=session_id,
-        worker_id="kernel",
-    )
 
 
 class AsyncStream:

@@ -72,6 +72,7 @@ __all__ = [
     "encode_params",
     "error_info",
     "error_payload",
+    "infer_type_label",
     "remote_error_from_info",
     "remote_error_from_payload",
     "type_label",
@@ -161,7 +162,13 @@ def encode_any(value: object, *, type_hint: str | None = None) -> PbAny:
     return PbAny(type_url=url, value=encode_json(value))
 
 
-def _infer_label(value: object) -> str:
+def infer_type_label(value: object) -> str | None:
+    """The type name of a value on the wire (``null``, ``boolean``, ``integer``, ``float``,
+    ``string``, ``bytes``, ``list``, ``map``, ``tensor``), None for a type JSON cannot carry.
+
+    The one ladder of value to type: the codec labels values with it, and session variables
+    defined without a type take theirs from it.
+    """
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -176,14 +183,19 @@ def _infer_label(value: object) -> str:
         return "bytes"
     if isinstance(value, list | tuple):
         return "list"
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return "map"
-    if _is_ndarray(value):
-        return "tensor"
     if _is_numpy_scalar(value):
-        return _infer_label(value.item())  # type: ignore[attr-defined]
+        return infer_type_label(value.item())  # type: ignore[attr-defined]
+    ndim = getattr(value, "ndim", None)
+    if _is_ndarray(value) or (isinstance(ndim, int) and hasattr(value, "tolist")):
+        return "tensor"
+    return None
+
+
+def _infer_label(value: object) -> str:
     # Not a type we know: encode_json raises a clear error for it.
-    return "map"
+    return infer_type_label(value) or "map"
 
 
 def _is_ndarray(value: object) -> bool:

@@ -21,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from snakepit_nb._errors import CancelledError, WorkerUnavailableError
+from snakepit_nb._loop import running_on
 
 if TYPE_CHECKING:
     from snakepit_nb.protocol import pb
     from snakepit_nb.worker.link import OrchestratorLink
-    from snakepit_nb.worker.telemetry import TelemetryHub
+    from snakepit_nb.worker.telemetry import TelemetryEmitter
 
 __all__ = ["CallControl", "SessionContext"]
 
@@ -95,7 +96,7 @@ class SessionContext:
         metadata: Mapping[str, str] | None = None,
         loop: asyncio.AbstractEventLoop,
         link: OrchestratorLink | None = None,
-        telemetry: TelemetryHub | None = None,
+        telemetry: TelemetryEmitter | None = None,
         prefetched: Sequence[pb.Variable] = (),
         control: CallControl | None = None,
     ) -> None:
@@ -170,7 +171,7 @@ class SessionContext:
     def call_kernel_tool(self, name: str, /, **kwargs: object) -> object:
         """Blocking twin of :meth:`acall_kernel_tool`, for sync tools (worker threads)."""
         self._require_link()
-        if _on_loop(self._loop):
+        if running_on(self._loop):
             raise RuntimeError(
                 "ctx.call_kernel_tool() blocks, and this async tool runs on the worker's event "
                 "loop; use `await ctx.acall_kernel_tool(...)` instead"
@@ -218,10 +219,3 @@ class SessionContext:
             f"SessionContext(tool={self.tool_name!r}, session_id={self.session_id!r}, "
             f"worker_id={self.worker_id!r}, cancelled={self.cancelled})"
         )
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False

@@ -37,7 +37,7 @@ from snakepit_nb.tools.definition import StreamKind, ToolDefinition
 from snakepit_nb.worker.context import CallControl, SessionContext
 from snakepit_nb.worker.link import OrchestratorLink
 from snakepit_nb.worker.runner import SyncRunner
-from snakepit_nb.worker.telemetry import TelemetryHub
+from snakepit_nb.worker.telemetry import TelemetryEmitter
 
 __all__ = ["Invoker", "PreparedCall"]
 
@@ -87,7 +87,7 @@ class Invoker:
         loop: asyncio.AbstractEventLoop,
         executor: concurrent.futures.ThreadPoolExecutor,
         worker_id: str,
-        telemetry: TelemetryHub,
+        telemetry: TelemetryEmitter,
         link: OrchestratorLink | None,
         max_message_bytes: int,
         threads: int = 16,

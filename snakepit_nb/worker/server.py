@@ -41,7 +41,7 @@ from snakepit_nb.worker.invocation import CORRELATION_HEADER, Invoker
 from snakepit_nb.worker.lifecycle import write_ready_file
 from snakepit_nb.worker.link import OrchestratorLink
 from snakepit_nb.worker.streaming import BATCHING_KEY, StreamRun, ToolStreamError
-from snakepit_nb.worker.telemetry import TelemetryHub
+from snakepit_nb.worker.telemetry import TelemetryEmitter
 
 if TYPE_CHECKING:
     ServicerContext = grpc.aio.ServicerContext[Any, Any]
@@ -261,7 +261,7 @@ class Worker:
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.threads, thread_name_prefix="snakepit-tool"
         )
-        self.telemetry = TelemetryHub(self.loop, worker_id=settings.worker_id)
+        self.telemetry = TelemetryEmitter(self.loop, worker_id=settings.worker_id)
         self.link: OrchestratorLink | None = None
         self.adapter: Adapter | None = None
         self.table = ToolTable({}, worker_id=settings.worker_id)

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError, ResourceExhaustedError
+from snakepit_nb._loop import set_event
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import encode_chunk, encode_chunk_batch
 from snakepit_nb.tools.definition import StreamKind
@@ -127,12 +128,7 @@ class ChunkBuffer:
         return False
 
     def _wake_consumer(self) -> None:
-        if _on_loop(self._loop):
-            self._wake.set()
-        else:
-            # A closed loop means nobody is left to consume.
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._wake.set)
+        set_event(self._loop, self._wake)
 
     def push(self, value: object) -> None:
         """Add a chunk from a producer thread; blocks while the buffer is full."""
@@ -217,13 +213,6 @@ class ChunkBuffer:
                     timer.cancel()
                 with self._lock:
                     self._consumer_waiting = False
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 # ---------------------------------------------------------------------------- producers

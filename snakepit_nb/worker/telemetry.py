@@ -17,9 +17,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
+from snakepit_nb._loop import set_event
 from snakepit_nb.protocol import pb
 
-__all__ = ["TelemetryHub", "TelemetrySubscription"]
+__all__ = ["TelemetryEmitter", "TelemetrySubscription"]
 
 DEFAULT_BUFFER = 2048
 _MAX_BATCH = 512
@@ -95,13 +96,7 @@ class TelemetrySubscription:
             wake = self._waiting
             self._waiting = False
         if wake:
-            try:
-                if _on_loop(self._loop):
-                    self._wake.set()
-                else:
-                    self._loop.call_soon_threadsafe(self._wake.set)
-            except RuntimeError:
-                pass  # the loop is closing; the stream is ending anyway
+            set_event(self._loop, self._wake)
 
     async def batches(self) -> AsyncIterator[list[pb.TelemetryEvent]]:
         """Buffered events, in order, as they arrive (a drop report first when some were lost)."""
@@ -132,15 +127,9 @@ def _dropped_event(count: int, total: int) -> pb.TelemetryEvent:
     )
 
 
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
-
-
-class TelemetryHub:
-    """Fans telemetry events out to the worker's StreamTelemetry subscribers."""
+class TelemetryEmitter:
+    """Emits the worker's telemetry events to its StreamTelemetry subscribers (the orchestrator's
+    ``TelemetryHub`` fans them out on the kernel side)."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, *, worker_id: str, buffer_size: int = DEFAULT_BUFFER

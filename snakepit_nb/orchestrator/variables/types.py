@@ -42,6 +42,7 @@ from typing import Any, Final
 
 from snakepit_nb._errors import ConstraintViolationError, InvalidArgumentError
 from snakepit_nb.orchestrator.variables.records import short
+from snakepit_nb.protocol.codec import infer_type_label
 
 __all__ = [
     "VARIABLE_TYPES",
@@ -135,23 +136,11 @@ def normalize_type(type_name: object) -> str:
 
 def infer_type(value: object) -> str:
     """The type a value gets when it is defined without one (``s.vars["x"] = 0.7``)."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "bytes"
-    if isinstance(value, Mapping):
-        return "map"
-    if isinstance(value, list | tuple):
-        return "list"
-    ndim = getattr(value, "ndim", None)
-    if isinstance(ndim, int) and hasattr(value, "tolist"):
-        return "embedding" if ndim == 1 else "tensor"
+    label = infer_type_label(value)
+    if label == "tensor":
+        return "embedding" if getattr(value, "ndim", None) == 1 else "tensor"
+    if label is not None and label != "null":
+        return label
     if value is None:
         raise InvalidArgumentError(
             "None has no type to infer; define the variable with an explicit type, e.g. "

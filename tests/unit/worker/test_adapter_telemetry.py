@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from snakepit_nb.protocol import pb
-from snakepit_nb.worker.telemetry import TelemetryHub
+from snakepit_nb.worker.telemetry import TelemetryEmitter
 
 
 def _names(events: list[pb.TelemetryEvent]) -> list[str]:
@@ -19,7 +19,7 @@ async def _drain(batches: object) -> list[pb.TelemetryEvent]:
 
 def test_no_subscriber_costs_nothing_and_events_reach_subscribers() -> None:
     async def go() -> None:
-        hub = TelemetryHub(asyncio.get_running_loop(), worker_id="w1")
+        hub = TelemetryEmitter(asyncio.get_running_loop(), worker_id="w1")
         assert not hub.active
         hub.tool_event("start", tool="t", session_id="s")  # nobody listens: dropped at once
         sub = hub.subscribe()
@@ -36,7 +36,7 @@ def test_no_subscriber_costs_nothing_and_events_reach_subscribers() -> None:
 
 def test_toggle_filters_and_sampling() -> None:
     async def go() -> None:
-        hub = TelemetryHub(asyncio.get_running_loop(), worker_id="w1")
+        hub = TelemetryEmitter(asyncio.get_running_loop(), worker_id="w1")
         sub = hub.subscribe()
         sub.apply(pb.TelemetryControl(toggle=pb.TelemetryToggle(enabled=False)))
         hub.emit(["a", "b"], {}, {})
@@ -58,7 +58,7 @@ def test_toggle_filters_and_sampling() -> None:
 
 def test_a_lagging_subscriber_drops_the_oldest_and_reports_the_count() -> None:
     async def go() -> None:
-        hub = TelemetryHub(asyncio.get_running_loop(), worker_id="w1", buffer_size=3)
+        hub = TelemetryEmitter(asyncio.get_running_loop(), worker_id="w1", buffer_size=3)
         sub = hub.subscribe()
         for i in range(5):
             hub.emit(["e", str(i)], {}, {})
@@ -72,7 +72,7 @@ def test_a_lagging_subscriber_drops_the_oldest_and_reports_the_count() -> None:
 def test_events_from_other_threads_wake_the_subscriber() -> None:
     async def go() -> None:
         loop = asyncio.get_running_loop()
-        hub = TelemetryHub(loop, worker_id="w1")
+        hub = TelemetryEmitter(loop, worker_id="w1")
         sub = hub.subscribe()
         iterator = sub.batches().__aiter__()
         pending = asyncio.ensure_future(iterator.__anext__())
