@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .adapter import DSPyAdapter
-    from .client import DSPy, Program
+    from .kernel.client import DSPy, Program
 
 __all__ = ["DSPy", "DSPyAdapter", "Program"]
 
@@ -34,7 +34,7 @@ def __getattr__(name: str) -> Any:
 
         return DSPyAdapter
     if name in ("DSPy", "Program"):
-        from . import client
+        from .kernel import client
 
         return getattr(client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,9 +27,9 @@ from snakepit_nb._errors import InvalidArgumentError
 from snakepit_nb.tools.adapter import tool
 from snakepit_nb.worker.context import SessionContext
 
-from . import environment
 from .background import BackgroundRun
-from .lm import LM_VARIABLE, TEMPERATURE_VARIABLE, LMSettings, validate_temperature
+from .models import environment
+from .models.lm import LM_VARIABLE, TEMPERATURE_VARIABLE, LMSettings, validate_temperature
 from .programs import (
     ProgramVariables,
     build_program,

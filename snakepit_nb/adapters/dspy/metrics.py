@@ -57,7 +57,7 @@ def resolve_metric(name: object, *, field: str = "answer") -> Metric:
     if name == "contains":
         return _contains(field)
     if name in ("answer_exact_match", "answer_passage_match"):
-        from .environment import import_dspy
+        from .models.environment import import_dspy
 
         import_dspy()
         from dspy.evaluate import metrics as dspy_metrics

@@ -68,7 +68,7 @@ def to_examples(rows: object, input_keys: Sequence[str], *, what: str) -> list[A
                 f"{what}[{i}] lacks the input key(s) {', '.join(missing)}; every row needs "
                 f"{', '.join(input_keys)}"
             )
-    from .environment import import_dspy
+    from .models.environment import import_dspy
 
     dspy = import_dspy()
     return [dspy.Example(**row).with_inputs(*input_keys) for row in rows]

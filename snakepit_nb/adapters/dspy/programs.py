@@ -118,7 +118,7 @@ class ProgramVariables:
 
 
 def _dspy() -> Any:
-    from .environment import import_dspy
+    from .models.environment import import_dspy
 
     return import_dspy()
 

@@ -22,7 +22,13 @@ from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError, NotFoundError
 
-from .lm import LM_VARIABLE, TEMPERATURE_VARIABLE, LMFactory, LMSettings, validate_temperature
+from .models.lm import (
+    LM_VARIABLE,
+    TEMPERATURE_VARIABLE,
+    LMFactory,
+    LMSettings,
+    validate_temperature,
+)
 from .programs import ProgramCache, ProgramVariables, compose_program, validate_program_name
 from .store import Entry, VariableStore
 

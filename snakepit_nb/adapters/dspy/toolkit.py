@@ -17,9 +17,9 @@ from snakepit_nb._errors import InvalidArgumentError
 from snakepit_nb.tools.adapter import Adapter
 from snakepit_nb.worker.context import SessionContext
 
-from . import environment
 from .background import BackgroundRun
-from .lm import LM_VARIABLE, TEMPERATURE_VARIABLE
+from .models import environment
+from .models.lm import LM_VARIABLE, TEMPERATURE_VARIABLE
 from .programs import ProgramVariables, decompose_program
 from .runtime import CallSetup, Runtime
 from .store import Definition, VariableStore

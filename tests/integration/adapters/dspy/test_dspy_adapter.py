@@ -200,7 +200,7 @@ def test_save_and_load_as_json(d: DSPy, tmp_path: Path) -> None:
     assert copy.demos == qa.demos
     assert copy(question="What is 9 + 10?") == qa(question="What is 9 + 10?")
     # The file is DSPy's own format: plain DSPy loads it.
-    from snakepit_nb.adapters.dspy.environment import import_dspy
+    from snakepit_nb.adapters.dspy.models.environment import import_dspy
 
     dspy = import_dspy()
     plain = dspy.ChainOfThought("question -> answer")

@@ -51,7 +51,7 @@ def test_importing_the_package_and_the_adapter_does_not_import_dspy() -> None:
         adapter = DSPyAdapter()
         ready = time.perf_counter() - started
         worker_side = "dspy" in sys.modules
-        from snakepit_nb.adapters.dspy.environment import import_dspy, dspy_import_seconds
+        from snakepit_nb.adapters.dspy.models.environment import import_dspy, dspy_import_seconds
         import_dspy()
         import os
         cache = os.environ["DSPY_CACHEDIR"]
@@ -94,7 +94,7 @@ def test_network_guard_refuses_non_loopback_and_logs_it(tmp_path: Path) -> None:
         """
         import json, socket, urllib.request
         from snakepit_nb.adapters.dspy import DSPyAdapter
-        from snakepit_nb.adapters.dspy.environment import NetworkBlockedError
+        from snakepit_nb.adapters.dspy.models.environment import NetworkBlockedError
         DSPyAdapter()  # arms the guard because SNAKEPIT_NB_NO_NETWORK=1
         refused = []
         for attempt in (

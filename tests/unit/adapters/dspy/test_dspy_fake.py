@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from snakepit_nb.adapters.dspy.devset import devset, trainset
-from snakepit_nb.adapters.dspy.fake import FakeModel, parse_prompt
+from snakepit_nb.adapters.dspy.models.fake import FakeModel, parse_prompt
 
 SYSTEM = """Your input fields are:
 1. `question` (str):

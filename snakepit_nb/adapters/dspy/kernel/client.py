@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .lm import TEMPERATURE_VARIABLE
-from .programs import ProgramVariables, validate_program_name
+from snakepit_nb.adapters.dspy.models.lm import TEMPERATURE_VARIABLE
+from snakepit_nb.adapters.dspy.programs import ProgramVariables, validate_program_name
 
 __all__ = ["DSPy", "Program"]
 
