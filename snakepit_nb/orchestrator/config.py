@@ -65,6 +65,10 @@ class Config:
         session_ttl: idle time after which a session expires.
         heartbeat_interval, heartbeat_misses: a worker missing this many heartbeats in a
             row is considered hung and replaced.
+        cancel_grace: after a call is cancelled (its timeout passed, the cell was
+            interrupted), how long its worker may take to confirm that the tool stopped; a
+            worker still running it then is killed and replaced. Until then that worker
+            takes no new calls, which go to the other workers.
         max_restarts, restart_window: a worker slot restarting more than ``max_restarts``
             times within ``restart_window`` seconds is given up (``WorkerFailedError``).
         recycle_after_calls, recycle_after_seconds, recycle_above_rss: replace a worker after
@@ -108,6 +112,7 @@ class Config:
     transport: str = "tcp"
     heartbeat_interval: float = 1.0
     heartbeat_misses: int = 3
+    cancel_grace: float = 3.0
     max_restarts: int = 3
     restart_window: float = 5.0
     max_message_bytes: int = 100 * MIB
@@ -144,6 +149,7 @@ class Config:
         self._check_seconds("startup_timeout", self.startup_timeout)
         self._check_seconds("session_ttl", self.session_ttl)
         self._check_seconds("heartbeat_interval", self.heartbeat_interval)
+        self._check_seconds("cancel_grace", self.cancel_grace)
         self._check_seconds("restart_window", self.restart_window)
         self._check_seconds("call_timeout", self.call_timeout, optional=True)
         self._check_seconds("recycle_after_seconds", self.recycle_after_seconds, optional=True)

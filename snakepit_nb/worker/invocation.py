@@ -1,10 +1,16 @@
 """Running tool calls: decode and bind arguments, run the tool where it belongs, encode the answer.
 
 Sync tools run in a bounded thread pool (the event loop keeps serving heartbeats, cancels and
-other calls); async tools run on the loop. A tool's own exception becomes a ``success=false``
-answer with the error payload (type, message, traceback) and the worker carries on;
-problems with the call itself (unknown tool, bad arguments, an unencodable or oversize result)
-raise a :class:`SnakepitError` that the transport turns into a gRPC status.
+other calls); async tools run on the loop. A cancelled call (its caller gave up, or its
+deadline passed) is answered only once the tool has really stopped: an async tool when its
+task ends, a sync tool when its thread returns (it sees ``ctx.cancelled``). So the answer to a
+cancel confirms that the worker is free again; a tool that ignores the cancel keeps its call
+unconfirmed, and the pool replaces the worker after ``cancel_grace``.
+
+A tool's own exception becomes a ``success=false`` answer with the error payload (type,
+message, traceback) and the worker carries on; problems with the call itself (unknown tool, bad
+arguments, an unencodable or oversize result) raise a :class:`SnakepitError` that the transport
+turns into a gRPC status.
 
 A batch (``session.map``) of a sync tool runs in ONE executor hop for all its items, and its
 results are encoded once, so a trivial tool costs a few microseconds per item.
@@ -14,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.any_pb2 import Any as PbAny
 
@@ -45,6 +52,8 @@ CORRELATION_KEY = "correlation_id"
 CORRELATION_HEADER = "x-snakepit-correlation-id"
 # Async tools of one batch run concurrently in groups of this size (I/O-bound tools overlap).
 _ASYNC_BATCH_CONCURRENCY = 256
+
+T = TypeVar("T")
 
 
 class UnsendableResultError(InvalidArgumentError):
@@ -100,6 +109,37 @@ class Invoker:
         self.telemetry = telemetry
         self.link = link
         self.max_message_bytes = max_message_bytes
+        # Resolved when the worker stops: nobody waits for a cancelled tool's thread then.
+        self._closing: asyncio.Future[None] = loop.create_future()
+
+    def close(self) -> None:
+        """The worker is stopping: stop waiting for the threads of cancelled calls."""
+        if not self._closing.done():
+            self._closing.set_result(None)
+
+    async def _in_thread(
+        self, future: asyncio.Future[T], control: CallControl, *, queued: bool = False
+    ) -> T:
+        """Await a call running in a thread. If the caller cancels, tell the tool
+        (``ctx.cancelled``) and return only once its thread is done with it, so the answer to
+        the cancel means the tool really stopped. ``queued``: the future is the runner's, so a
+        call that has not started yet is simply taken off its queue."""
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            control.cancel()
+            if not (queued and self.runner.withdraw(future)):
+                await self._outlast(future)
+            raise
+
+    async def _outlast(self, future: asyncio.Future[Any]) -> None:
+        closing = self._closing
+        while not future.done() and not closing.done():
+            # Cancelled again (a second cancel, the deadline): still waiting for the thread.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((future, closing), return_when=asyncio.FIRST_COMPLETED)
+        if future.done() and not future.cancelled():
+            future.exception()  # retrieved: the caller has gone, nobody else will
 
     # ------------------------------------------------------------------ preparing
 
@@ -176,9 +216,8 @@ class Invoker:
                 else:
                     ok, value = True, self._encode(definition, result)
             else:
-                ok, value = await self.runner.submit(
-                    functools.partial(self._run_sync, definition, call.kwargs)
-                )
+                job = self.runner.submit(functools.partial(self._run_sync, definition, call.kwargs))
+                ok, value = await self._in_thread(job, call.control, queued=True)
         except asyncio.CancelledError:
             call.cancel()
             raise
@@ -268,7 +307,9 @@ class Invoker:
                     trim_traceback(exc)
                     return False, exc
 
-            return await self.loop.run_in_executor(self.executor, job)
+            return await self._in_thread(
+                self.loop.run_in_executor(self.executor, job), call.control
+            )
         items: list[object] = []
         try:
             produced = definition.func(**call.kwargs)
@@ -324,9 +365,10 @@ class Invoker:
                     self.executor, self._encode_results, definition, results, batch.session_id
                 )
             else:
-                data = await self.loop.run_in_executor(
+                job = self.loop.run_in_executor(
                     self.executor, self._run_sync_batch, definition, items, ctx, batch.session_id
                 )
+                data = await self._in_thread(job, control)
         except asyncio.CancelledError:
             control.cancel()
             raise

@@ -7,6 +7,10 @@ fewer hops: calls go into a queue that a few executor jobs drain, each job runni
 after another for as long as there are any, and finished calls are reported to the loop in
 coalesced wake-ups. A lone call still costs one hop there and one back; a burst of 64 costs
 about one per thread.
+
+A job busy in a long call is not draining the queue: a new call starts another job whenever
+the queue is longer than the jobs that are free to take from it, so a slow (or stuck) tool
+never holds up a call that has a thread of its own to run on.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class SyncRunner:
             collections.deque()
         )
         self._jobs = 0
+        self._busy = 0  # jobs inside a call right now (not taking from the queue)
         self._done: list[tuple[asyncio.Future[Any], bool, Any]] = []
         self._flush_scheduled = False
 
@@ -47,7 +52,8 @@ class SyncRunner:
         future: asyncio.Future[Any] = self._loop.create_future()
         with self._lock:
             self._queue.append((fn, future))
-            start = self._jobs < self._max_jobs and self._jobs < len(self._queue)
+            free = self._jobs - self._busy
+            start = self._jobs < self._max_jobs and free < len(self._queue)
             if start:
                 self._jobs += 1
         if start:
@@ -59,6 +65,21 @@ class SyncRunner:
                 raise
         return future
 
+    def withdraw(self, future: asyncio.Future[Any]) -> bool:
+        """Take a call that has not started out of the queue (its future is cancelled).
+
+        False once a thread runs it: then only the call itself can end, by returning.
+        """
+        with self._lock:
+            for index, (_fn, queued) in enumerate(self._queue):
+                if queued is future:
+                    del self._queue[index]
+                    break
+            else:
+                return False
+        future.cancel()
+        return True
+
     def _drain(self) -> None:
         # An executor thread: run queued calls until none is left.
         while True:
@@ -67,12 +88,16 @@ class SyncRunner:
                     self._jobs -= 1
                     return
                 fn, future = self._queue.popleft()
-            if future.cancelled():  # cancelled before it started: skip it
-                continue
+                if future.cancelled():  # cancelled before it started: skip it
+                    continue
+                self._busy += 1
             try:
                 outcome: tuple[bool, Any] = (True, fn())
             except BaseException as exc:  # handed to the caller's future
                 outcome = (False, exc)
+            finally:
+                with self._lock:
+                    self._busy -= 1
             self._report(future, outcome)
 
     def _report(self, future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:

@@ -405,6 +405,9 @@ class Worker:
 
     async def close(self) -> None:
         started = time.monotonic()
+        invoker = getattr(self, "invoker", None)
+        if invoker is not None:
+            invoker.close()  # cancelled calls stuck in a thread no longer hold the stop back
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self.server is not None:

@@ -285,15 +285,22 @@ class _Mapper:
             channel = handle.call_channel
             if channel is not None and not future.done():
                 channel.cancel(call_id, "the map was cancelled")
-                future.add_done_callback(functools.partial(self._settle, handle))
+                confirming = (call_id, handle.cancel_sent(call_id, self.tool))
+                future.add_done_callback(functools.partial(self._settle, handle, confirming))
             else:
                 self.pool.settle(handle, calls=0)
         self.pending.clear()
 
-    def _settle(self, handle: WorkerHandle, future: asyncio.Future[pb.ChannelMessage]) -> None:
+    def _settle(
+        self,
+        handle: WorkerHandle,
+        confirming: tuple[int, int],
+        future: asyncio.Future[pb.ChannelMessage],
+    ) -> None:
         """A cancelled chunk's answer arrived: its slot is free now."""
         if not future.cancelled():
             future.exception()  # mark retrieved
+        handle.cancel_confirmed(*confirming)
         self.pool.settle(handle, calls=0)
 
     async def _plain_fallback(self) -> None:

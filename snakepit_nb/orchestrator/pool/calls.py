@@ -95,9 +95,11 @@ async def channel_call(  # noqa: PLR0917
             # We were cancelled (deadline, interrupt): tell the worker, and keep its slot
             # busy until it confirms the tool stopped.
             channel.cancel(call_id)
-            handle.unconfirmed_cancels += 1
+            incarnation = handle.cancel_sent(call_id, tool)
             channel.track(call_id).add_done_callback(
-                lambda f: _settle_cancelled(host, handle, f, is_async=is_async, confirming=True)
+                lambda f: _settle_cancelled(
+                    host, handle, f, is_async=is_async, confirming=(call_id, incarnation)
+                )
             )
         else:
             _settle_cancelled(host, handle, future, is_async=is_async)
@@ -138,13 +140,15 @@ def _settle_cancelled(
     future: asyncio.Future[Any],
     *,
     is_async: bool = False,
-    confirming: bool = False,
+    confirming: tuple[int, int] | None = None,
 ) -> None:
-    """A cancelled call's answer (or failure) arrived: now its slot is free."""
+    """A cancelled call's answer (or failure) arrived: now its slot is free.
+
+    ``confirming``: ``(call id, incarnation)`` of a cancel sent to the worker."""
     if not future.cancelled():
         future.exception()  # mark retrieved
-    if confirming and handle.unconfirmed_cancels > 0:
-        handle.unconfirmed_cancels -= 1
+    if confirming is not None:
+        handle.cancel_confirmed(*confirming)
     host.settle(handle, errors=1, is_async=is_async)
 
 

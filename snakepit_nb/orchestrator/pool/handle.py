@@ -117,10 +117,13 @@ class WorkerHandle:
         self.address = ""
         self.sync_in_flight = 0
         self.async_in_flight = 0
-        # Calls cancelled by their caller whose stop the worker has not confirmed yet. While
-        # any is left the slot takes no new call of either kind: a worker that cannot even
-        # answer a cancel may have a hung event loop (the heartbeat watch then replaces it).
-        self.unconfirmed_cancels = 0
+        # Calls cancelled by their caller whose stop the worker has not confirmed yet, by call
+        # id: (tool, when the cancel was sent). While any is left the slot takes no new call
+        # of either kind; the supervisor replaces the worker if one is still there after
+        # ``cancel_grace`` (a tool that ignores cancellation, a hung event loop).
+        self.cancels: dict[int, tuple[str, float]] = {}
+        # Set by the supervisor: told of every cancel sent, to watch for its confirmation.
+        self.on_cancel: Callable[[WorkerHandle, int], None] | None = None
         self.calls = 0
         self.errors = 0
         self.restarts = 0
@@ -146,6 +149,31 @@ class WorkerHandle:
     @property
     def accepting(self) -> bool:
         return self.state is WorkerState.READY
+
+    @property
+    def unconfirmed_cancels(self) -> int:
+        """Cancelled calls whose stop the worker has not confirmed yet."""
+        return len(self.cancels)
+
+    def cancel_sent(self, call_id: int, tool: str) -> int:
+        """A cancel for ``call_id`` went to this incarnation; returns the incarnation, for
+        :meth:`cancel_confirmed`."""
+        self.cancels[call_id] = (tool, time.monotonic())
+        if self.on_cancel is not None:
+            self.on_cancel(self, call_id)
+        return self.incarnation
+
+    def cancel_confirmed(self, call_id: int, incarnation: int) -> None:
+        """The worker answered the cancelled call (or the incarnation is gone)."""
+        if incarnation == self.incarnation:
+            self.cancels.pop(call_id, None)
+
+    def stuck_call(self) -> tuple[str, float] | None:
+        """``(tool, seconds since the cancel)`` of the oldest unconfirmed cancel, or None."""
+        if not self.cancels:
+            return None
+        tool, since = min(self.cancels.values(), key=lambda entry: entry[1])
+        return tool, time.monotonic() - since
 
     @property
     def in_flight(self) -> int:
@@ -189,6 +217,7 @@ class WorkerHandle:
         self.gone = asyncio.get_running_loop().create_future()
         self.exit_reason = ""
         self.recycle_requested = ""
+        self.cancels = {}
         self.ops.clear()
         self.tools = {}
         self.pid = None

@@ -221,14 +221,28 @@ class Pool:
                     )
             except TimeoutError as exc:
                 raise CallTimeoutError(
-                    f"call of {tool!r} did not finish within {timeout:g} s; the worker was told "
-                    "to stop it — pass a larger timeout if it is only slow"
+                    f"call of {tool!r} did not finish within {timeout:g} s{self._stuck_note()}; "
+                    "the worker was told to stop it — pass a larger timeout if it is only slow"
                 ) from exc
             except WorkerCrashedError:
                 if attempt >= IDEMPOTENT_RETRIES or not self.is_idempotent(tool):
                     raise
                 attempt += 1
                 log.info("retrying idempotent tool %r after its worker died", tool)
+
+    def _stuck_note(self) -> str:
+        """Which workers take no calls because a cancelled call has not stopped yet."""
+        notes = []
+        for handle in self.handles:
+            stuck = handle.stuck_call()
+            if stuck is not None and handle.state is WorkerState.READY:
+                tool, seconds = stuck
+                notes.append(
+                    f"worker {handle.worker_id} is still running {tool!r}, cancelled {seconds:.1f} "
+                    "s ago, and takes no new calls until it stops or is replaced "
+                    f"(cancel_grace={self.config.cancel_grace:g} s)"
+                )
+        return f" ({'; '.join(notes)})" if notes else ""
 
     def build_request(
         self,

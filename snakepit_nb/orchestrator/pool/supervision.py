@@ -6,10 +6,13 @@ others carry on. A slot restarting more than ``max_restarts`` times within ``res
 seconds is given up: it goes to FAILED with its stderr tail, calls that need it get
 :class:`WorkerFailedError`, and the kernel is never harmed.
 
-Liveness is watched three ways: the launcher reports the process's exit the moment it happens;
-the call channel breaking triggers a check; and a ping every ``heartbeat_interval`` (plus the
-worker's own Heartbeat calls) proves the worker's event loop still answers. A worker silent for
-``heartbeat_misses`` intervals (a busy loop holding its loop, SIGSTOP) is SIGKILLed and replaced.
+Liveness is watched four ways: the launcher reports the process's exit the moment it happens;
+the call channel breaking triggers a check; a ping every ``heartbeat_interval`` (plus the
+worker's own Heartbeat calls) proves the worker's event loop still answers; and every cancel
+sent to a worker must be confirmed within ``cancel_grace``. A worker silent for
+``heartbeat_misses`` intervals (a busy loop holding its loop or the GIL, SIGSTOP), or still
+running a call ``cancel_grace`` seconds after it was cancelled (a tool that ignores
+cancellation), is SIGKILLed and replaced; the reason is in its calls' errors and its status.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ class Supervisor:
         self._pings: dict[str, asyncio.Task[None]] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.closing = False
+        for handle in self.handles:
+            handle.on_cancel = self._watch_cancel
 
     # ------------------------------------------------------------------ start
 
@@ -354,6 +359,28 @@ class Supervisor:
         log.warning("worker %s (pid %s) %s", handle.worker_id, handle.pid, handle.exit_reason)
         if handle.launched is not None:
             handle.launched.kill()
+
+    def _watch_cancel(self, handle: WorkerHandle, call_id: int) -> None:
+        asyncio.get_running_loop().call_later(
+            self.config.cancel_grace, self._cancel_overdue, handle, handle.incarnation, call_id
+        )
+
+    def _cancel_overdue(self, handle: WorkerHandle, incarnation: int, call_id: int) -> None:
+        """``cancel_grace`` after a cancel: a worker still running that call is replaced."""
+        if self.closing or handle.incarnation != incarnation or handle.exit_reason:
+            return
+        pending = handle.cancels.get(call_id)
+        if pending is None or handle.launched is None:
+            return  # confirmed in time
+        if handle.state not in (WorkerState.READY, WorkerState.DRAINING):
+            return
+        grace = self.config.cancel_grace
+        handle.exit_reason = (
+            f"did not stop call {pending[0]!r} within cancel_grace={grace:g} s after it was "
+            "cancelled and was replaced"
+        )
+        log.warning("worker %s (pid %s) %s", handle.worker_id, handle.pid, handle.exit_reason)
+        handle.launched.kill()
 
     def _check_recycle(self, handle: WorkerHandle, now: float) -> None:
         if handle.state is not WorkerState.READY or handle.launched is None:

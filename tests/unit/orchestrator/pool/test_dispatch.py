@@ -159,7 +159,7 @@ def test_sync_and_async_slots_are_separate() -> None:
 def test_a_worker_with_an_unconfirmed_cancel_takes_no_new_call() -> None:
     async def body() -> str:
         handles = ready(2, capacity=4)
-        handles[0].unconfirmed_cancels = 1
+        handles[0].cancel_sent(1, "slow")
         dispatcher = Dispatcher(handles, max_queue=5)
         got = await dispatcher.acquire("s", "none")
         return got.worker_id
