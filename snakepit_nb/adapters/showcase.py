@@ -170,13 +170,17 @@ class ShowcaseAdapter(Adapter):
         os._exit(code)
 
     @tool
-    def spawn_child(self, seconds: float = 60.0) -> int:
-        """Start a ``sleep`` subprocess and return its pid: stopping the pool must reap it too.
+    def spawn_child(self, seconds: float = 60.0, detach: bool = False) -> int:
+        """Start a ``sleep`` subprocess and return its pid: it never outlives the worker.
+
+        Whether the pool is closed, the worker crashes or the kernel is killed, the child goes
+        too (the worker's guardian ends it), even when it left the worker's process group.
 
         Args:
             seconds: how long the child sleeps.
+            detach: start it in a session of its own (``setsid``), as a daemon would.
         """
-        child = subprocess.Popen(["sleep", str(seconds)])
+        child = subprocess.Popen(["sleep", str(seconds)], start_new_session=detach)
         self._children = [c for c in self._children if c.poll() is None]
         self._children.append(child)
         return child.pid

@@ -14,7 +14,6 @@ and blocks, one line per method. A blocking method called on the loop thread its
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import threading
 import weakref
@@ -22,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
-from snakepit_nb._loop import LoopThread, get_loop_thread
+from snakepit_nb._loop import EXIT_CLOSE_RUNTIMES, LoopThread, at_exit, get_loop_thread
 from snakepit_nb.client.sessions import AsyncSession, Session
 from snakepit_nb.client.streams import AsyncTelemetryFeed, TelemetryFeed, on_loop
 from snakepit_nb.orchestrator.config import Config
@@ -396,19 +395,24 @@ async def astart(**config: Any) -> AsyncClient:
     return await on_loop(get_loop_thread(), AsyncClient._create(settings))
 
 
-# Clients still open at interpreter exit are closed (their workers stopped) once, here.
+# Clients still open at interpreter exit are closed (their workers stopped) once, here: first
+# in the one exit path of _loop.at_exit, before the launcher's backup and the loop's stop.
 _live: weakref.WeakSet[AsyncClient] = weakref.WeakSet()
 _exit_lock = threading.Lock()
+#: At exit a worker gets this long between SIGTERM and SIGKILL.
+EXIT_GRACE = 0.5
 
 
 def _close_all_at_exit() -> None:
     with _exit_lock:
-        for client in list(_live):
+        clients = list(_live)
+        _live.clear()
+        for client in clients:
             loop_thread = client._loop_thread
             if not loop_thread.is_alive() or loop_thread.in_loop_thread():
                 continue
             with contextlib.suppress(BaseException):  # best effort at exit
-                loop_thread.run(client._orch.close(), timeout=10)
+                loop_thread.run(client._orch.close(grace=EXIT_GRACE), timeout=EXIT_GRACE + 2.0)
 
 
-atexit.register(_close_all_at_exit)
+at_exit(_close_all_at_exit, order=EXIT_CLOSE_RUNTIMES)

@@ -167,8 +167,11 @@ class Orchestrator:
         self.telemetry.attach(self._subscribe_pool_telemetry)
         await pool.start()
 
-    async def close(self) -> None:
-        """Stop the pool, then the server; idempotent and safe after a failed start."""
+    async def close(self, *, grace: float | None = None) -> None:
+        """Stop the pool, then the server; idempotent and safe after a failed start.
+
+        ``grace``: seconds a worker has between SIGTERM and SIGKILL (default: the launcher's).
+        """
         if self._close_lock is None:
             self._close_lock = asyncio.Lock()
         async with self._close_lock:
@@ -180,7 +183,7 @@ class Orchestrator:
                 pool, self._pool = self._pool, None
                 if pool is not None:
                     try:
-                        await pool.close()
+                        await pool.close(grace=grace)
                     except Exception:
                         log.exception("closing the worker pool failed")
                 await self.sessions.stop_sweeper()

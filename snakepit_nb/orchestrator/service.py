@@ -44,7 +44,9 @@ class Service(Protocol):
     def check_open(self) -> None:
         """Raise ClosedError once the runtime is closing or closed."""
 
-    async def close(self) -> None: ...
+    async def close(self, *, grace: float | None = None) -> None:
+        """Stop the workers (SIGTERM, then SIGKILL after ``grace`` s; default: the launcher's
+        stop grace) and the server; idempotent."""
 
     # ---- tools
     def tool_specs(self) -> list[pb.ToolSpec]:

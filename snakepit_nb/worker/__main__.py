@@ -5,13 +5,18 @@
 
 Environment (the launch contract): ``SNAKEPIT_READY_FILE`` (the address is written there once
 serving), ``SNAKEPIT_NB_TOKEN``, ``SNAKEPIT_NB_WORKER_ID``, ``SNAKEPIT_NB_POOL``,
-``SNAKEPIT_NB_PARENT_PID``, ``SNAKEPIT_NB_SOCKET_DIR``; optional ``SNAKEPIT_NB_THREADS``,
-``SNAKEPIT_NB_MAX_MESSAGE_BYTES``, ``SNAKEPIT_NB_HEARTBEAT_INTERVAL``,
+``SNAKEPIT_NB_PARENT_PID``, ``SNAKEPIT_NB_SOCKET_DIR``, ``SNAKEPIT_NB_LAUNCH`` (the launch's
+marker, which the worker's guardian looks for in the tools' processes); optional
+``SNAKEPIT_NB_THREADS``, ``SNAKEPIT_NB_MAX_MESSAGE_BYTES``, ``SNAKEPIT_NB_HEARTBEAT_INTERVAL``,
 ``SNAKEPIT_NB_HEARTBEAT_MISSES`` (or the published bridge's ``SNAKEPIT_HEARTBEAT_CONFIG``),
 ``SNAKEPIT_NB_PING_TIMEOUT`` (seconds to wait for the orchestrator at start-up, default 10).
 Flags of the published bridge that mean nothing here (``--snakepit-instance-name``...) are
 accepted and ignored. Exit codes: 0 after SIGTERM, 2 when start-up failed (the reason is on
 stderr), 3 when the parent died, 4 when the orchestrator went away.
+
+Before anything else the worker arms its parent-death signal, becomes a child subreaper (its
+tools' orphans stay its children) and forks its guardian (``worker/guardian.py``), which ends
+the processes the tools started however the worker ends.
 """
 
 from __future__ import annotations
@@ -121,9 +126,11 @@ async def _serve(settings: WorkerSettings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Arm the parent-death guards first, then serve until SIGTERM (returns the exit code)."""
+    from snakepit_nb.worker.guardian import start_guardian
     from snakepit_nb.worker.lifecycle import (
         ParentWatch,
         arm_parent_death,
+        become_subreaper,
         ignore_sigint,
         parent_pid_from_env,
     )
@@ -131,11 +138,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parent = parent_pid_from_env()
     arm_parent_death(parent)
     ignore_sigint()
+    subreaper = become_subreaper()
+    guardian = start_guardian()  # forks: before any thread starts
     ParentWatch(parent).start()
 
     import asyncio
+    import dataclasses
 
-    settings = settings_from(argv, os.environ)
+    settings = dataclasses.replace(
+        settings_from(argv, os.environ), guardian_pid=guardian, subreaper=subreaper
+    )
     return asyncio.run(_serve(settings))
 
 

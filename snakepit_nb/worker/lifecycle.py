@@ -10,6 +10,12 @@
   cancel the remote call through gRPC, not kill the worker. SIGTERM stops gracefully.
 * The ready file is written atomically (``<path>.tmp``, fsync, rename), so the pool never
   reads half an address.
+* Processes the tools start stay ours: the worker is a child subreaper
+  (``PR_SET_CHILD_SUBREAPER``), so a tool's double-forked or ``setsid`` daemon is re-parented
+  to the worker, not to init; :class:`AdoptedReaper` reaps those adopted children when they
+  exit, and :func:`end_descendants` ends every descendant on the worker's way out. For the ways
+  out that run no code of ours (SIGKILL), the :mod:`guardian <snakepit_nb.worker.guardian>`
+  does the same.
 """
 
 from __future__ import annotations
@@ -25,8 +31,13 @@ import time
 
 __all__ = [
     "EXIT_PARENT_GONE",
+    "AdoptedReaper",
     "ParentWatch",
     "arm_parent_death",
+    "become_subreaper",
+    "children",
+    "descendants",
+    "end_descendants",
     "ignore_sigint",
     "parent_pid_from_env",
     "write_ready_file",
@@ -35,6 +46,7 @@ __all__ = [
 PARENT_ENV = "SNAKEPIT_NB_PARENT_PID"
 EXIT_PARENT_GONE = 3
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def parent_pid_from_env() -> int:
@@ -136,3 +148,156 @@ def write_ready_file(path: str, address: str) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The processes the tools start
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (``PR_SET_CHILD_SUBREAPER``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _proc_children(path: str) -> list[int]:
+    try:
+        with open(path) as fh:
+            return [int(pid) for pid in fh.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def children(pid: int | None = None, *, thread: int | None = None) -> list[int]:
+    """Direct children of ``pid`` (default: this process), from ``/proc``.
+
+    ``thread``: only the children of that thread. Orphans adopted by a subreaper become
+    children of its main thread, so ``children(thread=pid)`` lists the adopted ones together
+    with what the main thread started itself; tools' threads keep their own children apart.
+    """
+    pid = os.getpid() if pid is None else pid
+    if thread is not None:
+        return _proc_children(f"/proc/{pid}/task/{thread}/children")
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for task in tasks:
+        found.extend(_proc_children(f"/proc/{pid}/task/{task}/children"))
+    return found
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Every descendant of ``pid`` (default: this process), parents before their children."""
+    found: list[int] = []
+    frontier = [os.getpid() if pid is None else pid]
+    seen = set(frontier)
+    while frontier:
+        nxt: list[int] = []
+        for parent in frontier:
+            for child in children(parent):
+                if child not in seen:
+                    seen.add(child)
+                    found.append(child)
+                    nxt.append(child)
+        frontier = nxt
+    return found
+
+
+def _is_zombie(pid: int) -> bool | None:
+    """True for a zombie, False for a live process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def _reap(pid: int) -> bool:
+    """Reap ``pid`` if it is our exited child; True once it is gone."""
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return _is_zombie(pid) is not False  # not ours to reap: gone, or its parent's zombie
+    return done == pid
+
+
+def end_descendants(grace: float = 0.3, *, spare: tuple[int, ...] = ()) -> list[int]:
+    """End every descendant except ``spare``: SIGTERM, SIGKILL after ``grace``, reap.
+
+    Returns the pids that were signalled. Run on the worker's way out, when the tools are done
+    with their processes.
+    """
+    spared = set(spare)
+    targets = [pid for pid in descendants() if pid not in spared]
+    if not targets:
+        return []
+    for pid in targets:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    left = targets
+    while left and time.monotonic() < deadline:
+        left = [pid for pid in left if not _reap(pid) and _is_zombie(pid) is False]
+        if left:
+            time.sleep(0.01)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    # Killed grandchildren are re-parented to us (the subreaper): reap every child but the
+    # spared ones, until none of them is left or a second has passed.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        waiting = [pid for pid in children() if pid not in spared and not _reap(pid)]
+        if not waiting:
+            break
+        time.sleep(0.01)
+    return targets
+
+
+class AdoptedReaper:
+    """Reaps the exited orphans a subreaper adopts (a tool's double-forked processes).
+
+    Nobody else waits for them, so without this they would stay zombies until the worker
+    exits. Only children of the main thread are looked at: orphans are adopted there, while a
+    sync tool's own ``subprocess`` children belong to its thread, and an async tool's
+    (``asyncio`` subprocesses) are reaped by asyncio at once. A zombie is reaped when it was one
+    at the previous look too, ``interval`` seconds earlier, so a tool that waits for its own
+    child from the main thread gets there first.
+    """
+
+    def __init__(self, *, spare: tuple[int, ...] = (), interval: float = 2.0) -> None:
+        self.spare = set(spare)
+        self.interval = interval
+        self._seen: set[int] = set()
+        self.reaped = 0
+
+    def sweep(self) -> int:
+        """One look; returns how many zombies were reaped."""
+        me = os.getpid()
+        zombies = {
+            pid for pid in children(me, thread=me) if pid not in self.spare and _is_zombie(pid)
+        }
+        count = 0
+        for pid in zombies & self._seen:
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    count += 1
+        self._seen = zombies - self._seen
+        self.reaped += count
+        return count
+
+    async def run(self) -> None:
+        """Sweep every ``interval`` seconds until cancelled."""
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.interval)
+            self.sweep()

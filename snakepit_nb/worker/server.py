@@ -38,7 +38,7 @@ from snakepit_nb.tools.adapter import Adapter, ToolTable, is_adapter_class
 from snakepit_nb.tools.source import define_tool_from_source, trim_to_cell
 from snakepit_nb.worker.channel import ChannelServer
 from snakepit_nb.worker.invocation import CORRELATION_HEADER, Invoker
-from snakepit_nb.worker.lifecycle import write_ready_file
+from snakepit_nb.worker.lifecycle import AdoptedReaper, end_descendants, write_ready_file
 from snakepit_nb.worker.link import OrchestratorLink
 from snakepit_nb.worker.streaming import BATCHING_KEY, StreamRun, ToolStreamError
 from snakepit_nb.worker.telemetry import TelemetryEmitter
@@ -79,6 +79,11 @@ class WorkerSettings:
     threads: int = 16
     ping_timeout: float = 10.0
     grace: float = 1.0
+    # The worker's guardian process (worker/guardian.py), spared when the worker ends the
+    # processes its tools started; None when it has none.
+    guardian_pid: int | None = None
+    # Whether this process adopts its tools' orphans (PR_SET_CHILD_SUBREAPER), so it must reap.
+    subreaper: bool = False
 
 
 def load_adapter_class(spec: str) -> type[Adapter]:
@@ -271,6 +276,13 @@ class Worker:
         self._stopping = asyncio.Event()
         self.exit_code = 0
         self._heartbeat: asyncio.Task[None] | None = None
+        spare = (settings.guardian_pid,) if settings.guardian_pid else ()
+        self._spare = spare
+        self._reaper: asyncio.Task[None] | None = None
+        if settings.subreaper:
+            self._reaper = self.loop.create_task(
+                AdoptedReaper(spare=spare).run(), name="snakepit-reaper"
+            )
 
     # ------------------------------------------------------------------ start
 
@@ -425,3 +437,9 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.link.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._reaper is not None:
+            self._reaper.cancel()
+        # Whatever the tools started goes with the worker (the guardian checks once more).
+        ended = end_descendants(spare=self._spare)
+        if ended:
+            log.info("ended %d process(es) the tools had started", len(ended))

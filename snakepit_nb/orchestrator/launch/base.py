@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "LAUNCH_ENV",
     "PARENT_PID_ENV",
     "READY_FILE_ENV",
     "SOCKET_DIR_ENV",
@@ -58,6 +59,10 @@ TOKEN_ENV = "SNAKEPIT_NB_TOKEN"
 WORKER_ID_ENV = "SNAKEPIT_NB_WORKER_ID"
 PARENT_PID_ENV = "SNAKEPIT_NB_PARENT_PID"
 SOCKET_DIR_ENV = "SNAKEPIT_NB_SOCKET_DIR"
+# ``<run id>.<launch id>``: unique to one start of one worker and inherited by every process
+# its tools start; the worker's guardian (``snakepit_nb.worker.guardian``, same name) ends
+# them by it when the worker is gone.
+LAUNCH_ENV = "SNAKEPIT_NB_LAUNCH"
 
 
 @dataclass(frozen=True)

@@ -11,18 +11,21 @@
 * stdin is ``/dev/null``; stdout and stderr go to files in a private ``0700`` run dir (noise on
   stdout is harmless; the stderr tail goes into start-up and crash errors);
 * the environment carries the token (never argv: ``/proc/<pid>/cmdline`` is world-readable),
-  the ready-file path, the parent pid, the worker id and the ``SNAKEPIT_NB_POOL`` marker;
+  the ready-file path, the parent pid, the worker id, the ``SNAKEPIT_NB_POOL`` run marker and
+  the ``SNAKEPIT_NB_LAUNCH`` launch marker (what the worker's guardian and the sweep look for in
+  the processes its tools start);
 * a row goes into the :mod:`process registry <snakepit_nb.orchestrator.launch.registry>`
-  before spawning; the first launch sweeps rows that dead kernels left; ``atexit`` stops the
-  workers of this process as a backup;
+  before spawning; the first launch sweeps rows that dead kernels left; at interpreter exit,
+  after the runtimes have closed (``snakepit_nb._loop.at_exit``), the workers still running
+  are stopped as a backup: SIGTERM, SIGKILL after a short grace;
 * every exit is reaped at once (no zombies), and whatever is left in the worker's process group
-  is killed then.
+  is killed then, as are the processes that left the group (a tool's ``setsid`` daemon) when the
+  stop was asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import logging
 import os
@@ -40,7 +43,9 @@ from typing import Literal
 import psutil
 
 from snakepit_nb._errors import ClosedError, ConfigurationError, StartupError
+from snakepit_nb._loop import EXIT_STOP_PROCESSES, at_exit
 from snakepit_nb.orchestrator.launch.base import (
+    LAUNCH_ENV,
     PARENT_PID_ENV,
     READY_FILE_ENV,
     SOCKET_DIR_ENV,
@@ -260,9 +265,18 @@ class LocalWorker(LaunchedWorker):
         while self._exited_unreaped() is False and time.monotonic() < deadline:
             time.sleep(0.01)
         self._kill_group(signal.SIGKILL)
+        code: int | None = None
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self._popen.wait(timeout=1.0)
+            code = self._popen.wait(timeout=1.0)
         self._launcher.registry.remove(self._row)
+        if code is not None:
+            # Someone may still await this worker on the loop (a close that ran out of time).
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._report_exit, code)
+
+    def _report_exit(self, code: int) -> None:
+        if not self._exit.done():
+            self._exit.set_result(code)
 
 
 def _safe_pgid(pid: int) -> int | None:
@@ -296,16 +310,23 @@ def _indent_tail(tail: str) -> str:
 
 
 _live_launchers: weakref.WeakSet[LocalProcessLauncher] = weakref.WeakSet()
+_EXIT_GRACE = 0.5
 
 
-@atexit.register
 def _stop_all_at_exit() -> None:
-    """Backup for a kernel that exits without closing its pool: stop our workers."""
+    """Backup for a process that exits without closing its pool: stop our workers.
+
+    Runs after the runtimes' own close (which goes through the loop and the call channels);
+    what is left here is a launcher used on its own, or a close that did not finish.
+    """
     for launcher in list(_live_launchers):
         try:
-            launcher.stop_all_blocking(grace=1.0)
+            launcher.stop_all_blocking(grace=_EXIT_GRACE)
         except Exception:  # one failure must not keep the others running
             log.exception("could not stop the workers of run %s at exit", launcher.run_id)
+
+
+at_exit(_stop_all_at_exit, order=EXIT_STOP_PROCESSES)
 
 
 class LocalProcessLauncher(Launcher):
@@ -418,6 +439,7 @@ class LocalProcessLauncher(Launcher):
         row = self.registry.reserve(
             run_id=self.run_id, worker_id=spec.worker_id, run_dir=str(run_dir)
         )
+        env[LAUNCH_ENV] = row.launch_marker
         try:
             popen = self._spawn(spec, env, stdout_path, stderr_path)
         except OSError as exc:

@@ -2,11 +2,17 @@
 
 A Jupyter kernel can die without running any cleanup (``kill -9``, the OOM killer, a restart
 that times out). The worker arms a parent-death signal and watches its parent, so the worker
-itself goes too; but a tool's own subprocess (a grandchild of the kernel) does not. Like the
-original Snakepit's DETS process registry, every launch writes a row here *before* the process
-is spawned (a reservation), fills in pid, process group and start time once it runs, and
-removes the row when the worker is stopped and reaped. The next launcher to start calls
+itself goes too, and our worker's guardian then ends what its tools started; but a foreign
+worker has no guardian, and a guardian can be killed too. Like the original Snakepit's DETS
+process registry, every launch writes a row here *before* the process is spawned (a
+reservation), fills in pid, process group and start time once it runs, and removes the row
+when the worker is stopped and reaped. The next launcher to start calls
 :meth:`ProcessRegistry.sweep`, which kills what stale rows left behind.
+
+What a row records: the run id (the marker every process of the run carries in its
+environment, ``SNAKEPIT_NB_POOL=<run_id>``, inherited by whatever the tools start), the launch
+id (``SNAKEPIT_NB_LAUNCH=<run_id>.<launch_id>``, one start of one worker), the kernel's pid and
+start time, the boot id, and the worker's pid, process group and start time.
 
 Safety rules of the sweep (it must never kill an unrelated process):
 
@@ -14,10 +20,10 @@ Safety rules of the sweep (it must never kill an unrelated process):
   their pids mean nothing now;
 * rows whose kernel is still alive (pid *and* start time match) belong to another running
   notebook and are left alone;
-* a process is killed only if its environment carries the row's marker
-  ``SNAKEPIT_NB_POOL=<run_id>`` *and* either it is the recorded worker (pid and start time
-  match) or it is in the worker's process group. Linux keeps a pid reserved while a process
-  group of that id exists, so "pgid + marker" cannot point at a stranger.
+* a process is killed only if its environment carries the marker of a stale row's run *and*
+  it started after that run's kernel did. Run ids are random, so the marker names the run;
+  the start time rules out a process that merely reuses a recorded pid, or that copied the
+  environment before the run existed. Processes of other users are never looked at.
 
 The registry lives in ``$SNAKEPIT_NB_REGISTRY_DIR`` if set, else
 ``$XDG_RUNTIME_DIR/snakepit_nb/registry``, else ``~/.cache/snakepit_nb/registry``; one small
@@ -127,6 +133,11 @@ class RegistryRow:
     @property
     def file_name(self) -> str:
         return f"{self.run_id}.{self.launch_id}.json"
+
+    @property
+    def launch_marker(self) -> str:
+        """The value of ``SNAKEPIT_NB_LAUNCH`` in this launch's processes."""
+        return f"{self.run_id}.{self.launch_id}"
 
 
 @dataclass
@@ -272,49 +283,30 @@ class ProcessRegistry:
         return report
 
     def _find_victims(self, rows: list[RegistryRow]) -> list[psutil.Process]:
-        by_pgid: dict[int, str] = {}
-        full_scan: set[str] = set()
-        victims: dict[int, psutil.Process] = {}
+        # A stale run's processes: every one carrying its marker that started after its
+        # kernel. Reading each process's environment costs a few microseconds; this runs
+        # only when some row is stale.
+        since: dict[str, float] = {}
         for row in rows:
-            if row.pid is None or row.pgid is None:
-                # Reserved but never activated: the kernel died mid-spawn, we do not know
-                # the pid. Fall back to looking for the run's marker everywhere.
-                full_scan.add(row.run_id)
-                continue
-            by_pgid[row.pgid] = row.run_id
-            proc = _matching_process(row.pid, row.start_time)
-            if proc is not None and _marker(proc) == row.run_id:
-                victims[proc.pid] = proc
+            since[row.run_id] = min(
+                since.get(row.run_id, row.kernel_start_time), row.kernel_start_time
+            )
         me = os.getpid()
-        for pid in psutil.pids():
-            if pid == me or pid in victims:
-                continue
-            try:
-                pgid = os.getpgid(pid)
-            except OSError:
-                continue
-            expected = by_pgid.get(pgid)
-            if expected is None and not full_scan:
-                continue
-            try:
-                proc = psutil.Process(pid)
-            except psutil.Error:
+        victims: list[psutil.Process] = []
+        for proc in psutil.process_iter():
+            if proc.pid == me:
                 continue
             marker = _marker(proc)
-            if marker is not None and (marker == expected or marker in full_scan):
-                victims[pid] = proc
-        return list(victims.values())
-
-
-def _matching_process(pid: int, start_time: float | None) -> psutil.Process | None:
-    try:
-        proc = psutil.Process(pid)
-        created = proc.create_time()
-    except psutil.Error:
-        return None
-    if start_time is None or abs(created - start_time) >= _START_TIME_TOLERANCE:
-        return None
-    return proc
+            started = since.get(marker) if marker is not None else None
+            if started is None:
+                continue
+            try:
+                created = proc.create_time()
+            except psutil.Error:
+                continue
+            if created + _START_TIME_TOLERANCE >= started:
+                victims.append(proc)
+        return victims
 
 
 def _marker(proc: psutil.Process) -> str | None:

@@ -167,14 +167,17 @@ class Pool:
             await self.close()
             raise
 
-    async def close(self) -> None:
-        """Stop every worker; calls still running fail with ClosedError. Idempotent."""
+    async def close(self, *, grace: float | None = None) -> None:
+        """Stop every worker; calls still running fail with ClosedError. Idempotent.
+
+        ``grace``: seconds between SIGTERM and SIGKILL (default: the launcher's stop grace).
+        """
         if self._closed:
             return
         self._closed = True
         for task in self._telemetry_tasks.values():
             task.cancel()
-        await self.supervisor.close()
+        await self.supervisor.close(grace=grace)
         self._telemetry_tasks.clear()
 
     @property

@@ -454,8 +454,9 @@ class Supervisor:
     def _grace(self) -> float:
         return float(getattr(self.launcher, "stop_grace", 2.0))
 
-    async def close(self) -> None:
-        """Stop every worker (graceful, then SIGKILL); calls still running fail ClosedError."""
+    async def close(self, *, grace: float | None = None) -> None:
+        """Stop every worker (graceful, then SIGKILL after ``grace`` s, default the
+        launcher's); calls still running fail ClosedError."""
         self.closing = True
         tasks = [t for t in (self._heartbeat_task, *self._pings.values()) if t is not None]
         tasks += list(self._tasks)
@@ -473,18 +474,18 @@ class Supervisor:
                 )
             )
             if previous is not WorkerState.STOPPED:
-                stops.append(self._stop_handle(handle))
+                stops.append(self._stop_handle(handle, self._grace() if grace is None else grace))
         await asyncio.gather(*stops, return_exceptions=True)
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
         await self.launcher.close()
 
-    async def _stop_handle(self, handle: WorkerHandle) -> None:
+    async def _stop_handle(self, handle: WorkerHandle, grace: float) -> None:
         try:
             await handle.close_connection()
             if handle.launched is not None:
-                await handle.launched.stop(self._grace())
+                await handle.launched.stop(grace)
         finally:
             handle.state = WorkerState.STOPPED
 
