@@ -31,7 +31,7 @@ from snakepit_nb.orchestrator.status import ClientStatus
 from snakepit_nb.orchestrator.telemetry import TelemetryEvent, TelemetryHub, TelemetrySubscription
 from snakepit_nb.orchestrator.variables.stores import VariableStores
 from snakepit_nb.protocol import pb
-from snakepit_nb.protocol.auth import new_token
+from snakepit_nb.protocol.auth import Refusals, new_token
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.launch.base import Launcher
@@ -85,6 +85,9 @@ class Orchestrator:
             pool=lambda: self.pool,
         )
         self._launcher = launcher
+        # Calls the server refused for want of the token: a foreign worker started without
+        # auth=False shows itself there at once (the pool's start watches it).
+        self.refusals = Refusals()
         self._pool: Pool | None = None
         self._server: BridgeServer | None = None
         self._socket_dir: str | None = None
@@ -148,6 +151,7 @@ class Orchestrator:
             max_message_bytes=self.config.max_message_bytes,
             max_receive_bytes=self.config.max_callback_bytes,
             socket_path=socket_path,
+            refusals=self.refusals,
         )
         self.address = await self._server.start()
         log.debug("orchestrator %s serving on %s", self.run_id, self.address)
@@ -162,6 +166,7 @@ class Orchestrator:
             run_id=self.run_id,
             registry=self.registry,
             launcher=self._launcher,
+            refusals=self.refusals,
         )
         self._pool = pool
         self.telemetry.attach(self._subscribe_pool_telemetry)

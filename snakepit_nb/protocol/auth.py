@@ -25,6 +25,7 @@ __all__ = [
     "TOKEN_ENV",
     "TOKEN_KEY",
     "UNAUTHENTICATED_MESSAGE",
+    "Refusals",
     "TokenInterceptor",
     "channel_options",
     "client_interceptors",
@@ -149,16 +150,56 @@ def _denial_handler(handler: Any) -> Any:
     return grpc.unary_unary_rpc_method_handler(_deny, **kwargs)
 
 
+class Refusals:
+    """What a :class:`TokenInterceptor` refused: how many calls, of which methods.
+
+    The orchestrator's pool waits on it while a foreign worker starts: a worker program that
+    cannot send the token shows that with its very first call, long before its start-up
+    deadline.
+    """
+
+    _MAX_METHODS = 32
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.methods: dict[str, int] = {}
+        self._event: asyncio.Event | None = None
+
+    def record(self, method: str) -> None:
+        """One refused call (on the server's loop)."""
+        self.count += 1
+        name = method.rsplit("/", 1)[-1] or method
+        if name in self.methods or len(self.methods) < self._MAX_METHODS:
+            self.methods[name] = self.methods.get(name, 0) + 1
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        """Return once at least one call was refused."""
+        if self.count:
+            return
+        if self._event is None:
+            self._event = asyncio.Event()
+        await self._event.wait()
+
+    def describe(self) -> str:
+        """``"3 calls (Ping x3)"``."""
+        methods = ", ".join(f"{name} x{n}" for name, n in self.methods.items())
+        return f"{self.count} call{'s' if self.count != 1 else ''} ({methods})"
+
+
 class TokenInterceptor(_ServerInterceptor):
     """Refuses every call (unary and streaming) that lacks the runtime token.
 
     Answers UNAUTHENTICATED "missing or wrong runtime token". ``TokenInterceptor(None)``
     checks nothing (the explicit opt-in for foreign workers that cannot send a token).
+    ``refusals`` records each refused call.
     """
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, *, refusals: Refusals | None = None) -> None:
         self._token = token.encode() if token else None
         self._denials: dict[str, Any] = {}
+        self.refusals = refusals
 
     @property
     def enabled(self) -> bool:
@@ -182,6 +223,8 @@ class TokenInterceptor(_ServerInterceptor):
         if self.accepts(handler_call_details.invocation_metadata):
             return await continuation(handler_call_details)
         method = handler_call_details.method
+        if self.refusals is not None:
+            self.refusals.record(method)
         denial = self._denials.get(method)
         if denial is None:
             handler = await continuation(handler_call_details)

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from snakepit_nb.orchestrator.config import Config
     from snakepit_nb.orchestrator.launch.base import Launcher
     from snakepit_nb.orchestrator.registry import ToolRegistry
+    from snakepit_nb.protocol.auth import Refusals
 
 __all__ = ["MapResult", "Pool", "PoolStatus", "StreamCall", "WorkerStatus"]
 
@@ -75,6 +76,9 @@ logging.getLogger("snakepit_nb").addHandler(logging.NullHandler())
 
 #: Extra attempts for a tool marked idempotent whose worker died during the call.
 IDEMPOTENT_RETRIES = 1
+# After the first refused call while foreign workers start: how long to let them finish.
+_REFUSAL_SETTLE = 1.0
+_REFUSED = "the orchestrator refused"
 
 TelemetryCallback = Callable[[str, pb.TelemetryEvent], None]
 
@@ -109,8 +113,10 @@ class Pool:
         run_id: str,
         registry: ToolRegistry,
         launcher: Launcher | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.config = config
+        self.refusals = refusals
         self.registry = registry
         self.run_id = run_id
         self.token = token if config.auth else None
@@ -154,10 +160,17 @@ class Pool:
             raise ClosedError("this pool was closed; start a new one with sp.start()")
         self._started_at = time.monotonic()
         try:
-            await self.supervisor.start_all()
+            if self.config.worker_command and self.config.auth and self.refusals is not None:
+                await self._start_foreign(self.refusals)
+            else:
+                await self.supervisor.start_all()
         except StartupError as exc:
             await self.close()
-            if self.config.worker_command and self.config.auth:
+            if (
+                self.config.worker_command
+                and self.config.auth
+                and not exc.args[0].startswith(_REFUSED)
+            ):
                 raise StartupError(
                     f"{exc}\nA foreign worker program cannot send the runtime token; if this one "
                     "does not, start with auth=False (see the security note in the docs)."
@@ -166,6 +179,36 @@ class Pool:
         except BaseException:
             await self.close()
             raise
+
+    async def _start_foreign(self, refusals: Refusals) -> None:
+        """Start foreign workers with auth on, failing at once if they cannot send the token.
+
+        A worker program that does not know the runtime token calls the orchestrator without
+        it (the published worker's first Ping): the server refuses that call, and waiting out
+        ``startup_timeout`` would only hide why.
+        """
+        starting = asyncio.ensure_future(self.supervisor.start_all())
+        refused = asyncio.ensure_future(refusals.wait())
+        try:
+            await asyncio.wait((starting, refused), return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                # A moment for a worker that does send the token (the refusal was a stranger's).
+                await asyncio.wait((starting,), timeout=_REFUSAL_SETTLE)
+            if starting.done():
+                starting.result()
+                return
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            command = " ".join(self.config.worker_command or ())
+            raise StartupError(
+                f"{_REFUSED} {refusals.describe()} while the foreign worker "
+                f"({command}) was starting: it does not send the runtime token, so it can never "
+                'become ready. Start it with auth=False, preferably with transport="unix" too '
+                "(without the token any local process that finds the orchestrator can call it; "
+                "a unix socket in a private directory keeps other users out)"
+            )
+        finally:
+            refused.cancel()
 
     async def close(self, *, grace: float | None = None) -> None:
         """Stop every worker; calls still running fail with ClosedError. Idempotent.

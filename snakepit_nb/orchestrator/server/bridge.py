@@ -26,7 +26,7 @@ from snakepit_nb._errors import (
 from snakepit_nb.orchestrator.server.variables import VariableServicerMixin, VariableSizeGuard
 from snakepit_nb.orchestrator.variables.wire import timestamp_pb
 from snakepit_nb.protocol import pb, pb_grpc
-from snakepit_nb.protocol.auth import TokenInterceptor, server_options
+from snakepit_nb.protocol.auth import Refusals, TokenInterceptor, server_options
 from snakepit_nb.protocol.boundary import DecodingGuard, check_correlation_id
 from snakepit_nb.protocol.codec import (
     decode_params,
@@ -311,9 +311,11 @@ class BridgeServer:
         max_message_bytes: int,
         max_receive_bytes: int | None = None,
         socket_path: str | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self._servicer = servicer
         self._token = token
+        self.refusals = refusals
         self._max_message_bytes = max_message_bytes
         # What workers send here (variable writes, kernel-tool calls) has its own, smaller
         # limit: gRPC buffers a whole message before any handler runs, so the limit is what
@@ -331,7 +333,7 @@ class BridgeServer:
         """Bind (127.0.0.1 on a free port, or the unix socket) and serve; returns the address."""
         server = grpc.aio.server(
             interceptors=[
-                TokenInterceptor(self._token),
+                TokenInterceptor(self._token, refusals=self.refusals),
                 DecodingGuard(),
                 VariableSizeGuard(self._value_limit),
             ],
