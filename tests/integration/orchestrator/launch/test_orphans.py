@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from launcher_standin import (
     pid_running,
@@ -143,7 +142,8 @@ def test_kernel_sigkill_workers_die_and_sweep_kills_grandchildren(
         "workers outlived their kernel by more than 1 s"
     )
     gone_s = time.monotonic() - t0
-    # PR_SET_PDEATHSIG reaches only the direct child: the tools' subprocesses are still here.
+    # PR_SET_PDEATHSIG reaches only the direct child, and the stand-in has no guardian (our
+    # worker's is tested in test_process_trees.py): its subprocesses are still here.
     assert all(pid_running(p) for p in grandchildren)
     assert sorted(processes_with_marker("t9run")) == sorted(grandchildren)
 
@@ -383,10 +383,72 @@ def test_sweep_escalates_to_sigkill_after_grace(registry_dir: Path) -> None:
             stubborn.stdout.close()
 
 
-def test_sweep_is_cheap_when_nothing_is_stale(registry_dir: Path) -> None:
+def _start_clock() -> float:
+    """Now, on the clock of process start times (boot time + uptime, as psutil reads them)."""
+    import psutil
+
+    with open("/proc/uptime") as fh:
+        return psutil.boot_time() + float(fh.read().split()[0])
+
+
+def test_sweep_spares_a_reused_pid(registry_dir: Path) -> None:
+    """The pid-reuse branch: a stale row's pid now belongs to a process that is not the run's.
+
+    One stranger holds a recorded pid with another start time; an impostor even carries the
+    dead run's marker (its environment was copied) but started before that run's kernel did,
+    so it cannot be of the run. Both are left alone; the run's own process (positive control)
+    is killed.
+    """
     registry = ProcessRegistry(registry_dir)
-    t0 = time.monotonic()
-    report = registry.sweep()
-    assert report.killed == []
-    assert time.monotonic() - t0 < 0.5
-    assert psutil.pid_exists(os.getpid())
+    dead_kernel_pid, _ = _dead_pid()
+    stranger = _sleeper(None)
+    impostor = _sleeper("reuserun")
+    impostor_started = process_start_time(impostor.pid)
+    assert impostor_started is not None
+    # The run's kernel "started" after the impostor; its own process starts after that.
+    kernel_started = impostor_started + 0.2
+    assert wait_until(lambda: _start_clock() > kernel_started + 0.1, 5.0, 0.01)
+    victim = _sleeper("reuserun")
+    procs = [stranger, impostor, victim]
+    try:
+        kernel = (dead_kernel_pid, kernel_started)
+        stranger_start = process_start_time(stranger.pid)
+        assert stranger_start is not None
+        rows = [
+            # The recorded worker had this pid, long before the stranger got it.
+            _row("reuserun", stranger.pid, kernel=kernel, start=stranger_start - 3600.0),
+            _row("reuserun", impostor.pid, kernel=kernel, start=impostor_started - 3600.0),
+            _row("reuserun", victim.pid, kernel=kernel, start=process_start_time(victim.pid)),
+        ]
+        for row in rows:
+            registry._write(row)
+        report = registry.sweep(grace=1.0)
+        assert report.killed == [victim.pid]
+        assert victim.wait(timeout=5) == -signal.SIGTERM
+        assert stranger.poll() is None, "the sweep killed a process that reused a recorded pid"
+        assert impostor.poll() is None, "the sweep killed a process older than the run"
+        assert report.removed_rows == 3
+        assert registry.rows() == []
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def test_sweep_keeps_rows_and_processes_of_a_live_kernel(registry_dir: Path) -> None:
+    """Nothing is stale: the sweep kills nothing and keeps the rows (this process's run)."""
+    registry = ProcessRegistry(registry_dir)
+    me = (os.getpid(), process_start_time(os.getpid()) or 0.0)
+    ours = _sleeper("liverun2")
+    try:
+        registry._write(_row("liverun2", ours.pid, kernel=me, start=process_start_time(ours.pid)))
+        report = registry.sweep(grace=1.0)
+        assert report.killed == []
+        assert report.kept_live_rows == 1
+        assert report.removed_rows == 0
+        assert ours.poll() is None
+        assert [r.run_id for r in registry.rows()] == ["liverun2"]
+    finally:
+        ours.kill()
+        ours.wait()
