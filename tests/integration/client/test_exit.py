@@ -93,7 +93,7 @@ def test_a_script_that_forgets_close_exits_at_once_and_silently() -> None:
             assert err == ""
             assert exit_s < EXIT_BOUND, f"exit took {exit_s:.2f} s"
             # Nothing of the run is left: workers, guardians, the detached child.
-            assert wait_until(lambda: not processes_with_marker(run_id), 2.0)
+            assert wait_until(lambda r=run_id: not processes_with_marker(r), 2.0)
         finally:
             _cleanup(run_id)
 

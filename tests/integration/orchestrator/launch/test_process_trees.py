@@ -45,7 +45,9 @@ def _gone(pids: list[int], within: float = 2.0) -> bool:
     return wait_until(lambda: not any(pid_running(p) for p in pids), within)
 
 
-def test_close_ends_the_tools_children_before_it_returns(client_factory: Callable[..., Any]) -> None:
+def test_close_ends_the_tools_children_before_it_returns(
+    client_factory: Callable[..., Any],
+) -> None:
     client = client_factory(workers=2)
     run_id = client.run_id
     children = _children_of_the_run(client)
