@@ -1,8 +1,9 @@
 """A small real worker stand-in that follows the launch contract, plus helpers for launcher tests.
 
 Run as a script it behaves like ``python -m snakepit_nb.worker`` as far as process management
-is concerned: it arms PR_SET_PDEATHSIG(SIGKILL) first and checks its parent, ignores SIGINT,
-exits 0 on SIGTERM, binds a loopback port (or a unix socket in ``SNAKEPIT_NB_SOCKET_DIR``) and
+is concerned (without a guardian: what its children do after it dies is the sweep's to fix):
+it arms PR_SET_PDEATHSIG(SIGKILL) first and checks its parent, ignores SIGINT, exits 0 on
+SIGTERM, binds a loopback port (or a unix socket in ``SNAKEPIT_NB_SOCKET_DIR``) and
 writes the address to ``SNAKEPIT_READY_FILE`` atomically. Flags make it misbehave in the ways
 the launcher must handle. Imported by pytest it defines no tests, only helpers.
 """
@@ -150,10 +151,16 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--grandchild-pid-file", default="")
+    parser.add_argument("--barrier", default="", help="dir: wait for --barrier-count peers")
+    parser.add_argument("--barrier-count", type=int, default=0)
     args, _unknown = parser.parse_known_args()  # tolerate the contract flags
 
     if args.ignore_term:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+        def ignore(*_: object) -> None:
+            print("standin: SIGTERM ignored", file=sys.stderr, flush=True)
+
+        signal.signal(signal.SIGTERM, ignore)
     else:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.grandchild_pid_file:
@@ -168,6 +175,18 @@ def main() -> None:
             print(f"noise line {i}: GRPC_READY is not a word here", flush=False)
         sys.stdout.flush()
     print("standin: starting up", file=sys.stderr, flush=True)
+    if args.barrier:
+        # Ready only once --barrier-count stand-ins run at the same time: a launcher that
+        # started them one after the other (each awaiting the last one's readiness) never
+        # gets there.
+        barrier = Path(args.barrier)
+        (barrier / str(os.getpid())).write_text("here")
+        deadline = time.monotonic() + 30.0
+        while len(list(barrier.iterdir())) < args.barrier_count:
+            if time.monotonic() > deadline:
+                print("standin: the other stand-ins never came", file=sys.stderr, flush=True)
+                sys.exit(1)
+            time.sleep(0.01)
     if args.delay:
         time.sleep(args.delay)
     if args.mode == "never-ready":

@@ -17,6 +17,19 @@ from pathlib import Path
 
 from snakepit_nb.worker import Adapter, SessionContext, tool
 
+# POOL_TEST_BARRIER=<dir> and POOL_TEST_BARRIER_COUNT=<n>: importing this module waits until
+# n workers are importing it at the same time (a pool that starts them one by one never gets
+# there, and its start fails).
+_barrier = os.environ.get("POOL_TEST_BARRIER")
+if _barrier:
+    Path(_barrier, str(os.getpid())).write_text("here")
+    _deadline = time.monotonic() + 30.0
+    while len(os.listdir(_barrier)) < int(os.environ.get("POOL_TEST_BARRIER_COUNT", "1")):
+        if time.monotonic() > _deadline:
+            print("pool_adapter: the other workers never came", file=sys.stderr)
+            sys.exit(8)
+        time.sleep(0.01)
+
 _poison = os.environ.get("POOL_TEST_POISON")
 _worker = os.environ.get("SNAKEPIT_NB_WORKER_ID", "")
 if _poison and (os.path.exists(_poison) or os.path.exists(f"{_poison}.{_worker}")):
@@ -70,8 +83,29 @@ class PoolTestAdapter(Adapter):
 
     @tool
     def sleep_sync(self, seconds: float = 1.0) -> str:
+        """Blocks its thread and ignores cancellation (a stubborn tool)."""
         time.sleep(seconds)
         return "slept"
+
+    @tool
+    def polite_sync(self, ctx: SessionContext, seconds: float = 30.0, marker: str = "") -> str:
+        """Blocks its thread, polling ``ctx.cancelled``; writes ``marker`` + '.cancelled'."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if ctx.cancelled:
+                if marker:
+                    Path(marker + ".cancelled").write_text("cancelled")
+                return "cancelled"
+            time.sleep(0.01)
+        return "done"
+
+    @tool
+    async def gate(self, ctx: SessionContext, path: str, limit: float = 60.0) -> str:
+        """Waits (on the worker's loop) until ``path`` exists; returns this worker's id."""
+        async with asyncio.timeout(limit):
+            while not os.path.exists(path):  # noqa: ASYNC110, ASYNC240 - a file is the gate
+                await asyncio.sleep(0.01)
+        return ctx.worker_id
 
     @tool
     async def hang(self, seconds: float = 60.0) -> str:

@@ -108,6 +108,7 @@ class PublishedShowcase:
         "add": ("Add two numbers", False),
         "fail": ("Raise an error", False),
         "whoami": ("The worker's pid", False),
+        "wait": ("Sleep for seconds, without blocking the server", False),
         "stream_data": ("Stream count items", True),
         "stream_fail": ("Stream then raise", True),
     }
@@ -121,6 +122,8 @@ class PublishedShowcase:
             raise ValueError(arguments.get("message", "boom"))
         if tool_name == "whoami":
             return {"pid": os.getpid()}
+        if tool_name == "wait":
+            return arguments.get("seconds", 1.0)
         raise KeyError(f"unknown tool {tool_name}")
 
     def stream(self, tool_name: str, arguments: dict[str, Any]) -> list[Any]:
@@ -172,6 +175,8 @@ class PublishedServicer(pb_grpc.BridgeServiceServicer):
         started = time.perf_counter()
         await self._prepare(request.session_id)
         arguments = {k: decode_any(v) for k, v in request.parameters.items()}
+        if request.tool_name == "wait":
+            await asyncio.sleep(float(arguments.get("seconds", 1.0)))
         try:
             result = self.adapter.execute_tool(request.tool_name, arguments)
         except Exception as exc:

@@ -90,3 +90,24 @@ def test_stop_cancels_pending_tasks_and_ends_the_thread() -> None:
 def test_the_shared_loop_thread_is_one_per_process() -> None:
     assert get_loop_thread() is get_loop_thread()
     assert get_loop_thread().thread.name == "snakepit-loop"
+
+
+def test_exit_hooks_run_once_in_order_then_the_loop_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    from snakepit_nb import _loop
+
+    monkeypatch.setattr(_loop, "_exit_hooks", [])
+    shared = LoopThread(name="exit-test-loop")
+    monkeypatch.setattr(_loop, "_shared", shared)
+    calls: list[str] = []
+
+    def fails() -> None:
+        calls.append("fails")
+        raise RuntimeError("one hook failing must not skip the others")
+
+    _loop.at_exit(lambda: calls.append("backup"), order=_loop.EXIT_STOP_PROCESSES)
+    _loop.at_exit(lambda: calls.append("close"), order=_loop.EXIT_CLOSE_RUNTIMES)
+    _loop.at_exit(fails, order=_loop.EXIT_CLOSE_RUNTIMES + 1)
+    _loop.run_exit_hooks()
+    _loop.run_exit_hooks()  # a second run (atexit, then an explicit call) does nothing more
+    assert calls == ["close", "fails", "backup"]
+    assert not shared.thread.is_alive()

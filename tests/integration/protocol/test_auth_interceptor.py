@@ -235,24 +235,20 @@ def test_options_keep_traffic_local_and_limits_set() -> None:
 
 
 @run_async
-async def test_interceptor_overhead_is_small() -> None:
-    """Per-call cost of the client interceptor vs per-call metadata, on a loopback echo."""
+async def test_client_interceptors_and_per_call_metadata_both_authenticate() -> None:
+    """The interceptor and per-call metadata both authenticate (their cost per call is a
+    benchmark: ``auth`` in benchmarks/bench_codec.py)."""
     token = new_token()
     server, address, _ = await _serve(token)
     try:
-        md = token_metadata(token)
-        timings: dict[str, float] = {}
         async with grpc.aio.insecure_channel(address, options=channel_options()) as plain:
             stub = pb_grpc.BridgeServiceStub(plain)
-            timings["metadata"] = await _median_ping(stub, md)
+            assert (await _median_ping(stub, token_metadata(token), n=5)) > 0
         async with grpc.aio.insecure_channel(
             address, options=channel_options(), interceptors=client_interceptors(token)
         ) as intercepted:
             stub = pb_grpc.BridgeServiceStub(intercepted)
-            timings["interceptor"] = await _median_ping(stub, None)
-        print(f"loopback Ping median: {timings}")
-        # Generous: the interceptor may cost something, but not a second round trip.
-        assert timings["interceptor"] < timings["metadata"] * 3 + 0.001
+            assert (await _median_ping(stub, None, n=5)) > 0
     finally:
         await server.stop(None)
 

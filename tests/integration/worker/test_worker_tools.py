@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -142,25 +143,49 @@ def test_the_worker_never_imports_ipython(worker: WorkerProcess) -> None:
     assert not [m for m in modules if m.split(".")[0] in ("IPython", "ipykernel", "ipywidgets")]
 
 
+PROBE_SESSION = "telemetry-probe"
+
+
 async def _collect_events(
     w: WorkerProcess, controls: list[pb.TelemetryControl], action: Any, until: Any
 ) -> list[pb.TelemetryEvent]:
     call = w.stub.StreamTelemetry(metadata=w.metadata)
+    # Off first, the test's controls, then on: the worker applies a stream's controls in order,
+    # so once a probe's event arrives, every control is in force.
+    await call.write(pb.TelemetryControl(toggle=pb.TelemetryToggle(enabled=False)))
     for control in controls:
         await call.write(control)
-    # A Ping on another stream orders us after the subscription (the stream opened first).
     await call.write(pb.TelemetryControl(toggle=pb.TelemetryToggle(enabled=True)))
-    await asyncio.sleep(0)
-    await w.stub.Ping(pb.PingRequest(), metadata=w.metadata)
-    await action()
+    probe = w.request("slow", seconds=0.0)  # a tool stop and a showcase.* event: passes all
+    probe.session_id = PROBE_SESSION
+    arrived: asyncio.Queue[pb.TelemetryEvent] = asyncio.Queue()
+
+    async def read() -> None:  # one reader for the stream; the test waits on the queue
+        while True:
+            arrived.put_nowait(await call.read())
+
+    reader = asyncio.ensure_future(read())
     events: list[pb.TelemetryEvent] = []
     try:
         async with asyncio.timeout(10):
+            while arrived.empty():
+                await w.stub.ExecuteTool(probe, metadata=w.metadata)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_peek(arrived), 0.2)  # else: not yet subscribed
+            await action()
             while not until(events):
-                events.append(await call.read())
+                event = await arrived.get()
+                if event.metadata.get("session_id") != PROBE_SESSION:
+                    events.append(event)
     finally:
+        reader.cancel()
         call.cancel()
     return events
+
+
+async def _peek(queue: asyncio.Queue[pb.TelemetryEvent]) -> None:
+    event = await queue.get()
+    queue.put_nowait(event)  # only to know one came; probe events are skipped later
 
 
 def _names(events: list[pb.TelemetryEvent]) -> list[str]:

@@ -23,6 +23,7 @@ def test_defaults_are_usable() -> None:
     assert dict(config.env) == {}
     assert config.capacity == 1
     assert config.async_capacity == 64
+    assert config.cancel_grace == 3.0
 
 
 def test_frozen_and_replace_revalidates() -> None:
@@ -47,6 +48,9 @@ def test_unknown_setting_suggests_the_right_name() -> None:
     ("kwargs", "fragment"),
     [
         ({"workers": 0}, "workers=0 is out of range"),
+        ({"cancel_grace": 0}, "cancel_grace=0 is not usable"),
+        ({"cancel_grace": math.inf}, "cancel_grace=inf is not usable"),
+        ({"cancel_grace": "3"}, "cancel_grace must be a number of seconds"),
         ({"workers": 2.5}, "workers must be an integer"),
         ({"workers": True}, "workers must be an integer"),
         ({"capacity": 0}, "capacity=0 is out of range"),

@@ -9,6 +9,7 @@ ExecuteStreamingTool.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import sys
@@ -117,28 +118,53 @@ def test_define_tool_is_refused_for_foreign_workers(published: Any) -> None:
 def test_call_in_flight_on_killed_published_worker_fails_fast(published: Any) -> None:
     s = published.session("compat-kill")
     pid = s.call("whoami")["pid"]
-    # A call racing the kill either completes or fails with WorkerCrashedError; never hangs.
-    os.kill(pid, signal.SIGKILL)
-    started = time.monotonic()
-    outcome: object
-    try:
-        outcome = s.call("add", a=1, b=1)
-    except WorkerCrashedError as exc:
-        outcome = exc
-    assert outcome == 2.0 or "died with SIGKILL" in str(outcome)
-    assert time.monotonic() - started < 5.0
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        doomed = executor.submit(s.call, "wait", seconds=30.0)
+        # The pool counts the call as in flight on that very worker before the kill.
+        wait_until(
+            lambda: any(w.pid == pid and w.in_flight for w in published.status().workers),
+            10.0,
+            "the call to be in flight on the worker about to be killed",
+        )
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        with pytest.raises(WorkerCrashedError, match="died with SIGKILL"):
+            doomed.result(timeout=10)
+        assert time.monotonic() - killed < 5.0
     assert s.call("add", a=1, b=2) == 3.0
 
 
-def test_foreign_worker_without_auth_opt_in_says_what_to_do(
+def test_foreign_worker_without_auth_opt_in_fails_fast_saying_what_to_do(
     client_factory: Callable[..., Any],
 ) -> None:
+    """The published worker cannot send the token: its first Ping is refused, and the start
+    fails at once (not after startup_timeout) naming the two settings to use."""
     from snakepit_nb._errors import StartupError
 
-    with pytest.raises(StartupError, match="auth=False"):
+    started = time.monotonic()
+    with pytest.raises(StartupError) as info:
         client_factory(
-            workers=1,
+            workers=2,
             worker_command=[sys.executable, WORKER],
             adapter="published_worker.PublishedShowcase",
-            startup_timeout=3.0,
+            startup_timeout=60.0,
         )
+    assert time.monotonic() - started < 15.0  # the issue's bound; startup_timeout is 60 s
+    message = str(info.value)
+    assert "auth=False" in message
+    assert 'transport="unix"' in message
+    assert "refused" in message
+    assert "Ping" in message
+
+
+def test_foreign_worker_started_as_asked_after_the_advice(
+    client_factory: Callable[..., Any],
+) -> None:
+    client = client_factory(
+        workers=1,
+        worker_command=[sys.executable, WORKER],
+        adapter="published_worker.PublishedShowcase",
+        auth=False,
+        transport="unix",
+    )
+    assert client.session("advised").call("add", a=1, b=1) == 2.0

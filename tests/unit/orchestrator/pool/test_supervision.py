@@ -288,3 +288,48 @@ def test_start_all_raises_the_first_startup_error() -> None:
         await rig.supervisor.close()
 
     run(body)
+
+
+def test_a_worker_that_does_not_confirm_a_cancel_within_cancel_grace_is_replaced() -> None:
+    async def body() -> tuple[Rig, FakeProcess, list[BaseException]]:
+        rig = Rig(workers=2, cancel_grace=0.05)
+        await rig.supervisor.start_all()
+        w1 = rig.handle("w1")
+        first = rig.launcher.live("w1")
+        failures: list[BaseException] = []
+        w1.add_op(failures.append)  # another call running on w1 when it is replaced
+        w1.cancel_sent(7, "sleep_sync")
+        assert not w1.has_slot(False)  # takes no new calls meanwhile
+        rig.handle("w2").cancel_sent(8, "slow")
+        rig.handle("w2").cancel_confirmed(8, rig.handle("w2").incarnation)  # confirmed in time
+        await until(lambda: w1.state is WorkerState.READY and w1.pid != first.pid)
+        await rig.supervisor.close()
+        return rig, first, failures
+
+    rig, first, failures = run(body)
+    assert first.killed
+    assert rig.launcher.live("w2").pid == 1001  # never replaced
+    assert rig.handle("w2").restarts == 0
+    reason = (
+        "did not stop call 'sleep_sync' within cancel_grace=0.05 s after it was cancelled "
+        "and was replaced"
+    )
+    assert reason in rig.handle("w1").last_error
+    assert len(failures) == 1
+    assert reason in str(failures[0])
+
+
+def test_a_cancel_confirmed_by_an_old_incarnation_does_not_touch_the_new_one() -> None:
+    async def body() -> WorkerHandle:
+        handle = WorkerHandle("w1", capacity=1)
+        old = handle.cancel_sent(3, "slow")
+        handle.new_incarnation()
+        handle.cancel_sent(3, "other")  # the new channel reuses call id 3
+        handle.cancel_confirmed(3, old)
+        return handle
+
+    handle = run(body)
+    assert handle.unconfirmed_cancels == 1
+    stuck = handle.stuck_call()
+    assert stuck is not None
+    assert stuck[0] == "other"
