@@ -166,21 +166,32 @@ def test_interrupt_cancels_a_10s_call_and_the_workers_survive(kernel: Kernel):
     assert all(_alive(p) for p in pids)
 
 
+# Two children of tools: one in the worker's process group, one in a session of its own.
+CHILDREN = (
+    "[get_ipython().run_line_magic('snakepit', 'call spawn_child seconds=120'), "
+    "get_ipython().run_line_magic('snakepit', 'call spawn_child seconds=120 detach=True')]"
+)
+
+
 def test_restart_and_sigkill_of_the_kernel_leave_no_worker(kernel: Kernel):
+    """Neither the workers nor what their tools started outlive the kernel by 2 s."""
     reply, _ = kernel.execute("%snakepit start -n 2")
     assert reply["status"] == "ok", reply
     pids = kernel.value(PIDS)
     assert len(pids) == 2
+    pids += kernel.value(CHILDREN)
+    assert all(_alive(p) for p in pids)
     kernel.km.restart_kernel(now=False)
-    assert _gone_within(pids, 2.0), f"workers {pids} outlived a kernel restart"
+    assert _gone_within(pids, 2.0), f"{pids} outlived a kernel restart"
 
     kernel.kc.stop_channels()
     kernel.connect()
     reply, _ = kernel.execute("%snakepit start -n 2")  # loaded by the kernelspec again
     assert reply["status"] == "ok", reply
-    pids = kernel.value(PIDS)
+    pids = kernel.value(PIDS) + kernel.value(CHILDREN)
+    assert all(_alive(p) for p in pids)
     os.kill(kernel.pid, signal.SIGKILL)
-    assert _gone_within(pids, 2.0), f"workers {pids} outlived SIGKILL of their kernel"
+    assert _gone_within(pids, 2.0), f"{pids} outlived SIGKILL of their kernel"
 
 
 def _max_per_second(times: list[float]) -> int:
