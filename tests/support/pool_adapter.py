@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -98,6 +99,18 @@ class PoolTestAdapter(Adapter):
                 return "cancelled"
             time.sleep(0.01)
         return "done"
+
+    @tool
+    def orphan(self, seconds: float = 0.5) -> int:
+        """A shell starts ``sleep`` in the background and exits: the sleep is orphaned (adopted
+        by this worker, a subreaper). Returns its pid."""
+        done = subprocess.run(
+            ["sh", "-c", f"sleep {seconds} >/dev/null 2>&1 & echo $!"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(done.stdout.strip())
 
     @tool
     async def gate(self, ctx: SessionContext, path: str, limit: float = 60.0) -> str:

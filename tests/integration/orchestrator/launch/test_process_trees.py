@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from launcher_standin import pid_running, processes_with_marker, wait_until
+from launcher_standin import pid_exists, pid_running, processes_with_marker, wait_until
+from pool_support import pool_kwargs
 
 from snakepit_nb._errors import WorkerCrashedError
 
@@ -183,3 +184,24 @@ def test_the_next_start_sweeps_what_a_killed_tree_left(
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def test_the_worker_adopts_its_tools_orphans_and_reaps_them(
+    client_factory: Callable[..., Any],
+) -> None:
+    """A double-forked process stays the worker's (PR_SET_CHILD_SUBREAPER) rather than init's,
+    and once it exits the worker reaps it: no zombie is left behind."""
+    client = client_factory(**pool_kwargs(workers=1))
+    s = client.session("orphans")
+    worker_pid = s.call("whoami")["pid"]
+    orphan = s.call("orphan", seconds=1.0)
+    assert _parent(orphan) == worker_pid  # its shell is gone: the worker adopted it
+    assert wait_until(lambda: not pid_exists(orphan), 15.0), "the exited orphan was not reaped"
+    assert s.call("add", a=1, b=1) == 2
