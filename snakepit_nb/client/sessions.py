@@ -7,7 +7,7 @@ statistics. ``AsyncSession`` methods run on the snakepit loop thread whatever lo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from snakepit_nb._errors import InvalidArgumentError
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from snakepit_nb._loop import LoopThread
     from snakepit_nb.client.async_variables import AsyncVariables
     from snakepit_nb.client.variables import Variables
+    from snakepit_nb.orchestrator.pool.calls.direct import Target
     from snakepit_nb.orchestrator.routing import BatchStream
     from snakepit_nb.orchestrator.service import Service
 
@@ -25,6 +26,48 @@ __all__ = ["AsyncSession", "Session"]
 
 # Keyword arguments of ``call``/``stream`` that are not passed to the tool.
 RESERVED = ("_timeout",)
+
+
+def _map_items(
+    tool: Target, items: Iterable[Any], more: tuple[Iterable[Any], ...]
+) -> tuple[list[Any], str]:
+    """The items of a map and how each is passed: ``kwargs`` (tools), ``value`` or ``args``."""
+    _check_target(tool)
+    if isinstance(tool, str):
+        if more:
+            raise InvalidArgumentError(
+                f"map a tool over one iterable of dicts of its arguments, e.g. "
+                f"s.map({tool!r}, [{{'x': 1}}, {{'x': 2}}])"
+            )
+        batch: list[Any] = []
+        for i, kw in enumerate(items):
+            if not isinstance(kw, Mapping):
+                raise InvalidArgumentError(
+                    f"map item {i} is a {type(kw).__name__}, not a mapping of arguments; "
+                    "pass an iterable of dicts such as [{'a': 1}, {'a': 2}]"
+                )
+            batch.append(kw if type(kw) is dict else dict(kw))
+        return batch, "kwargs"
+    if more:
+        return list(zip(items, *more, strict=False)), "args"
+    return list(items), "value"
+
+
+def _map_values(results: Sequence[tuple[bool, Any]], return_exceptions: bool) -> list[Any]:
+    values = [value for _, value in results]
+    if not return_exceptions:
+        for ok, value in results:
+            if not ok:
+                raise value
+    return values
+
+
+def _check_target(tool: object) -> None:
+    if not isinstance(tool, str) and not callable(tool):
+        raise InvalidArgumentError(
+            f"call a tool by its name (a str) or pass a Python function, not a "
+            f"{type(tool).__name__}"
+        )
 
 
 def _split_reserved(kwargs: dict[str, Any], default: float | None) -> float | None:
@@ -66,6 +109,13 @@ class AsyncSession:
     def session_id(self) -> str:
         return self._session_id
 
+    def _refuse_on_loop(self) -> None:
+        if self._loop_thread.in_loop_thread():
+            raise RuntimeError(
+                "a blocking snakepit_nb call was made on the snakepit-loop thread, where it "
+                "would deadlock; use the async API (AsyncClient / AsyncSession) there instead"
+            )
+
     @property
     def id(self) -> str:
         return self._session_id
@@ -94,18 +144,41 @@ class AsyncSession:
 
     # ------------------------------------------------------------------ calls
 
-    async def call(self, tool: str, /, **kwargs: Any) -> Any:
-        """Call ``tool`` with keyword arguments and return its result.
+    async def call(self, tool: Target, /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``tool`` (a tool's name, or a Python function) and return its result.
 
-        ``_timeout=`` (seconds) overrides the session's deadline for this call. A tool that
-        raises gives ``RemoteToolError`` with the remote traceback.
+        A tool takes keyword arguments; a function any arguments (functions defined in the
+        notebook travel by value). ``_timeout=`` (seconds) overrides the session's deadline
+        for this call. A tool that raises gives ``RemoteToolError`` with the remote traceback.
         """
         timeout = _split_reserved(kwargs, self.timeout)
-        return await on_loop(self._loop_thread, self._call(tool, kwargs, timeout))
+        _check_target(tool)
+        return await on_loop(self._loop_thread, self._call(tool, args, kwargs, timeout))
 
-    async def _call(self, tool: str, kwargs: dict[str, Any], limit: float | None) -> Any:
+    async def _call(
+        self, tool: Target, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float | None
+    ) -> Any:
         return await self._service.call(
-            self.session_id, tool, kwargs, timeout=limit, strict_affinity=self.strict_affinity
+            self.session_id,
+            tool,
+            kwargs,
+            args=args,
+            timeout=limit,
+            strict_affinity=self.strict_affinity,
+        )
+
+    def _call_blocking(self, tool: Target, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The blocking call of ``Session.call`` (from a thread that is not the loop's)."""
+        self._refuse_on_loop()
+        timeout = _split_reserved(kwargs, self.timeout)
+        _check_target(tool)
+        return self._service.call_blocking(
+            self.session_id,
+            tool,
+            args,
+            kwargs,
+            timeout=timeout,
+            strict_affinity=self.strict_affinity,
         )
 
     def stream(self, tool: str, /, **kwargs: Any) -> AsyncStream:
@@ -123,44 +196,43 @@ class AsyncSession:
 
     async def map(
         self,
-        tool: str,
-        kwargs_list: Iterable[Mapping[str, Any]],
-        *,
+        tool: Target,
+        items: Iterable[Any],
+        /,
+        *more: Iterable[Any],
         return_exceptions: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 - a deadline for the remote calls
     ) -> list[Any]:
-        """Call ``tool`` once per argument mapping, many in flight; results in input order.
+        """Call ``tool`` once per item, many in flight; results in input order.
 
-        A failing item raises its ``RemoteToolError`` (after every item ran), or, with
+        A tool is mapped over dicts of keyword arguments; a Python function over values (or,
+        like the builtin ``map``, over several iterables zipped into positional arguments). A
+        failing item raises its ``RemoteToolError`` (after every item ran), or, with
         ``return_exceptions=True``, takes its place in the list.
         """
-        items: list[dict[str, Any]] = []
-        for i, kw in enumerate(kwargs_list):
-            if not isinstance(kw, Mapping):
-                raise InvalidArgumentError(
-                    f"map item {i} is a {type(kw).__name__}, not a mapping of arguments; "
-                    "pass an iterable of dicts such as [{'a': 1}, {'a': 2}]"
-                )
-            items.append(dict(kw))
-        return await on_loop(
+        batch, style = _map_items(tool, items, more)
+        results = await on_loop(
             self._loop_thread,
-            self._map(tool, items, return_exceptions, timeout if timeout else self.timeout),
+            self._service.map(
+                self.session_id, tool, batch, style=style, timeout=timeout or self.timeout
+            ),
         )
+        return _map_values(results, return_exceptions)
 
-    async def _map(
+    def _map_blocking(
         self,
-        tool: str,
-        items: list[dict[str, Any]],
+        tool: Target,
+        items: Iterable[Any],
+        more: tuple[Iterable[Any], ...],
         return_exceptions: bool,
-        limit: float | None,
+        timeout: float | None,
     ) -> list[Any]:
-        results = await self._service.map(self.session_id, tool, items, timeout=limit)
-        values = [value for _, value in results]
-        if not return_exceptions:
-            for ok, value in results:
-                if not ok:
-                    raise value  # type: ignore[misc]
-        return values
+        self._refuse_on_loop()
+        batch, style = _map_items(tool, items, more)
+        results = self._service.map_blocking(
+            self.session_id, tool, batch, style=style, timeout=timeout or self.timeout
+        )
+        return _map_values(results, return_exceptions)
 
     # ------------------------------------------------------------------ the session itself
 
@@ -233,9 +305,17 @@ class Session:
 
         return session_html(self)
 
-    def call(self, tool: str, /, **kwargs: Any) -> Any:
-        """Call ``tool`` and wait for its result (``_timeout=`` seconds for this call)."""
-        return self._run(self._async.call(tool, **kwargs))
+    def call(self, tool: Target, /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``tool`` (a tool's name, or a Python function) and wait for its result.
+
+        ``_timeout=`` (seconds) overrides the session's deadline for this call.
+
+        >>> s.call("add", a=1, b=2)
+        3
+        >>> s.call(lambda x: x * 2, 21)
+        42
+        """
+        return self._async._call_blocking(tool, args, kwargs)
 
     def stream(self, tool: str, /, **kwargs: Any) -> Stream:
         """Start a streaming call; iterate the chunks (``.result``, ``.chunks``, ``.close()``)."""
@@ -243,16 +323,21 @@ class Session:
 
     def map(
         self,
-        tool: str,
-        kwargs_list: Iterable[Mapping[str, Any]],
-        *,
+        tool: Target,
+        items: Iterable[Any],
+        /,
+        *more: Iterable[Any],
         return_exceptions: bool = False,
         timeout: float | None = None,
     ) -> list[Any]:
-        """Call ``tool`` once per argument mapping, many in flight; results in input order."""
-        return self._run(
-            self._async.map(tool, kwargs_list, return_exceptions=return_exceptions, timeout=timeout)
-        )
+        """Call ``tool`` once per item, many in flight; results in input order.
+
+        >>> s.map("add", [{"a": i, "b": 1} for i in range(3)])
+        [1, 2, 3]
+        >>> s.map(lambda x: x * x, range(4))
+        [0, 1, 4, 9]
+        """
+        return self._async._map_blocking(tool, items, more, return_exceptions, timeout)
 
     def info(self) -> SessionInfo:
         """Calls, errors, variables and affinity of this session."""

@@ -21,8 +21,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from snakepit_nb._errors import ClosedError, InvalidArgumentError
+from snakepit_nb._loop import get_loop_thread
 from snakepit_nb.orchestrator.config import Config
 from snakepit_nb.orchestrator.kernel_tools import KernelTools
+from snakepit_nb.orchestrator.pool.calls.direct import NOT_DIRECT, Target
 from snakepit_nb.orchestrator.registry import ToolRegistry
 from snakepit_nb.orchestrator.routing import BatchStream, CallRouter
 from snakepit_nb.orchestrator.server.bridge import BridgeServer, OrchestratorServicer
@@ -35,7 +37,7 @@ from snakepit_nb.protocol.auth import Refusals, new_token
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.launch.base import Launcher
-    from snakepit_nb.orchestrator.pool.batches import MapResult
+    from snakepit_nb.orchestrator.pool.calls.batches import MapResult
     from snakepit_nb.orchestrator.pool.pool import Pool
     from snakepit_nb.orchestrator.variables.store import VariableStore
 
@@ -311,9 +313,10 @@ class Orchestrator:
     async def call(
         self,
         session_id: str,
-        tool: str,
+        tool: Target,
         kwargs: Mapping[str, object],
         *,
+        args: Sequence[object] = (),
         timeout: float | None,  # noqa: ASYNC109 - the call's deadline
         strict_affinity: bool = False,
         metadata: Mapping[str, str] | None = None,
@@ -323,9 +326,47 @@ class Orchestrator:
             session_id,
             tool,
             kwargs,
+            args=args,
             timeout=timeout,
             strict_affinity=strict_affinity,
             metadata=metadata,
+        )
+
+    def call_blocking(
+        self,
+        session_id: str,
+        tool: Target,
+        args: Sequence[object],
+        kwargs: Mapping[str, object],
+        *,
+        timeout: float | None,
+        strict_affinity: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> object:
+        """``call`` from any thread but the loop's: over the worker's lane from this very
+        thread when it can (the fast path), else through the loop."""
+        self.check_open()
+        result = self.router.call_direct(
+            session_id,
+            tool,
+            args,
+            kwargs,
+            timeout=timeout,
+            strict_affinity=strict_affinity,
+            metadata=metadata,
+        )
+        if result is not NOT_DIRECT:
+            return result
+        return get_loop_thread().run(
+            self.call(
+                session_id,
+                tool,
+                kwargs,
+                args=args,
+                timeout=timeout,
+                strict_affinity=strict_affinity,
+                metadata=metadata,
+            )
         )
 
     async def call_kernel_tool(
@@ -354,13 +395,33 @@ class Orchestrator:
     async def map(
         self,
         session_id: str,
-        tool: str,
-        items: Sequence[Mapping[str, object]],
+        tool: Target,
+        items: Sequence[Any],
         *,
+        style: str = "kwargs",
         timeout: float | None,  # noqa: ASYNC109 - one deadline for the whole map
     ) -> list[MapResult]:
         self.check_open()
-        return await self.router.map(session_id, tool, items, timeout=timeout)
+        return await self.router.map(session_id, tool, items, style=style, timeout=timeout)
+
+    def map_blocking(
+        self,
+        session_id: str,
+        tool: Target,
+        items: Sequence[Any],
+        *,
+        style: str = "kwargs",
+        timeout: float | None,
+    ) -> list[MapResult]:
+        """``map`` from a thread that is not the loop's: over the lanes from this thread when
+        it can, else through the loop."""
+        self.check_open()
+        results = self.router.map_direct(session_id, tool, items, style=style, timeout=timeout)
+        if results is not NOT_DIRECT:
+            return results
+        return get_loop_thread().run(
+            self.map(session_id, tool, items, style=style, timeout=timeout)
+        )
 
     # ------------------------------------------------------------------ service: the rest
 

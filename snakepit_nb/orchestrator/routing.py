@@ -17,13 +17,19 @@ from __future__ import annotations
 import asyncio
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from snakepit_nb._errors import CallTimeoutError, RemoteToolError
+from snakepit_nb._errors import (
+    CallTimeoutError,
+    ClosedError,
+    InvalidArgumentError,
+    RemoteToolError,
+)
+from snakepit_nb.orchestrator.pool.calls.direct import NOT_DIRECT, Target
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.kernel_tools import KernelTools
-    from snakepit_nb.orchestrator.pool.batches import MapResult
+    from snakepit_nb.orchestrator.pool.calls.batches import MapResult
     from snakepit_nb.orchestrator.pool.pool import Pool
     from snakepit_nb.orchestrator.registry import ToolRegistry
     from snakepit_nb.orchestrator.sessions import SessionStore
@@ -90,30 +96,81 @@ class CallRouter:
     async def call(
         self,
         session_id: str,
-        tool: str,
+        tool: Target,
         kwargs: Mapping[str, object],
         *,
+        args: Sequence[object] = (),
         timeout: float | None,  # noqa: ASYNC109 - the call's deadline, queueing included
         strict_affinity: bool = False,
         metadata: Mapping[str, str] | None = None,
     ) -> object:
         self._sessions.get(session_id)
-        if self.is_kernel_call(tool):
+        if isinstance(tool, str) and self.is_kernel_call(tool):
+            if args:
+                raise InvalidArgumentError(
+                    f"kernel tool {tool!r} takes its arguments by name; pass them as name=value"
+                )
             return await self.call_kernel_tool(session_id, tool, kwargs, timeout=timeout)
         try:
             result = await self._pool().call(
                 session_id,
                 tool,
                 kwargs,
+                args=args,
                 timeout=timeout,
                 affinity="strict" if strict_affinity else "hint",
                 metadata=metadata,
-                variables=self._prefetch(session_id, tool),
+                variables=self._prefetch(session_id, tool) if isinstance(tool, str) else (),
             )
         except Exception:
             self._sessions.record_call(session_id, failed=True)
             raise
         self._sessions.record_call(session_id)
+        return result
+
+    def call_direct(
+        self,
+        session_id: str,
+        tool: Target,
+        args: Sequence[object],
+        kwargs: Mapping[str, object],
+        *,
+        timeout: float | None,
+        strict_affinity: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> object:
+        """The call from this thread over a worker's lane, or NOT_DIRECT (then use ``call``).
+
+        Not for kernel tools, tools that read declared variables (those are prefetched on the
+        loop), unknown or expired sessions (the loop path says which), or a closed pool.
+        """
+        if isinstance(tool, str):
+            if self.is_kernel_call(tool):
+                return NOT_DIRECT
+            spec = self._registry.worker_tool(tool)
+            if spec is not None and spec.required_variables:
+                return NOT_DIRECT
+        if not self._sessions.touch_live(session_id):
+            return NOT_DIRECT
+        try:
+            pool = self._pool()
+        except ClosedError:
+            return NOT_DIRECT
+        try:
+            result = pool.call_direct(
+                session_id,
+                tool,
+                args,
+                kwargs,
+                timeout=timeout,
+                affinity="strict" if strict_affinity else "hint",
+                metadata=metadata or {},
+            )
+        except Exception:
+            self._sessions.record_call(session_id, failed=True)
+            raise
+        if result is not NOT_DIRECT:
+            self._sessions.record_call(session_id)
         return result
 
     async def call_kernel_tool(
@@ -170,25 +227,56 @@ class CallRouter:
     async def map(
         self,
         session_id: str,
-        tool: str,
-        items: Sequence[Mapping[str, object]],
+        tool: Target,
+        items: Sequence[Any],
         *,
+        style: str = "kwargs",
         timeout: float | None,  # noqa: ASYNC109 - one deadline for the whole map
     ) -> list[MapResult]:
-        """``(ok, value_or_error)`` per argument mapping, in input order."""
+        """``(ok, value_or_error)`` per item, in input order.
+
+        ``style``: items are dicts of keyword arguments (``"kwargs"``, the only one for
+        tools), tuples of positional arguments (``"args"``) or single arguments (``"value"``).
+        """
         self._sessions.get(session_id)
         if not items:
             return []
-        if self.is_kernel_call(tool):
+        if isinstance(tool, str) and self.is_kernel_call(tool):
             outcomes = await asyncio.gather(
                 *(self.call_kernel_tool(session_id, tool, kw, timeout=timeout) for kw in items),
                 return_exceptions=True,
             )
             return [(not isinstance(o, BaseException), o) for o in outcomes]
-        results = await self._pool().map(session_id, tool, items, timeout=timeout)
+        results = await self._pool().map(session_id, tool, items, style=style, timeout=timeout)
+        self._count(session_id, results)
+        return results
+
+    def map_direct(
+        self,
+        session_id: str,
+        tool: Target,
+        items: Sequence[Any],
+        *,
+        style: str,
+        timeout: float | None,
+    ) -> list[MapResult] | Any:
+        """The map from this thread over the workers' lanes, or NOT_DIRECT (see call_direct)."""
+        if isinstance(tool, str) and self.is_kernel_call(tool):
+            return NOT_DIRECT
+        if not items or not self._sessions.touch_live(session_id):
+            return NOT_DIRECT
+        try:
+            pool = self._pool()
+        except ClosedError:
+            return NOT_DIRECT
+        results = pool.map_direct(session_id, tool, items, style=style, timeout=timeout)
+        if results is not NOT_DIRECT:
+            self._count(session_id, results)
+        return results
+
+    def _count(self, session_id: str, results: Sequence[MapResult]) -> None:
         failures = sum(1 for ok, _ in results if not ok)
         self._sessions.record_call(session_id, calls=len(results), failures=failures)
-        return results
 
 
 class _KernelStream:

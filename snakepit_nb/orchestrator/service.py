@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.config import Config
-    from snakepit_nb.orchestrator.pool.batches import MapResult
+    from snakepit_nb.orchestrator.pool.calls.batches import MapResult
+    from snakepit_nb.orchestrator.pool.calls.direct import Target
     from snakepit_nb.orchestrator.routing import BatchStream
     from snakepit_nb.orchestrator.sessions import SessionInfo
     from snakepit_nb.orchestrator.status import ClientStatus
@@ -98,13 +99,28 @@ class Service(Protocol):
     async def call(
         self,
         session_id: str,
-        tool: str,
+        tool: Target,
         kwargs: Mapping[str, object],
         *,
+        args: Sequence[object] = (),
         timeout: float | None,  # noqa: ASYNC109 - the call's deadline
         strict_affinity: bool = False,
         metadata: Mapping[str, str] | None = None,
-    ) -> object: ...
+    ) -> object:
+        """Run a tool (by name) or a Python function in a worker, or a kernel tool here."""
+
+    def call_blocking(
+        self,
+        session_id: str,
+        tool: Target,
+        args: Sequence[object],
+        kwargs: Mapping[str, object],
+        *,
+        timeout: float | None,
+        strict_affinity: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> object:
+        """``call`` from a thread that is not the loop's, blocking (the fast path)."""
 
     async def call_kernel_tool(
         self, session_id: str, tool: str, kwargs: Mapping[str, object]
@@ -124,11 +140,24 @@ class Service(Protocol):
     async def map(
         self,
         session_id: str,
-        tool: str,
-        items: Sequence[Mapping[str, object]],
+        tool: Target,
+        items: Sequence[Any],
         *,
+        style: str = "kwargs",
         timeout: float | None,  # noqa: ASYNC109 - one deadline for the whole map
-    ) -> list[MapResult]: ...
+    ) -> list[MapResult]:
+        """``(ok, value_or_error)`` per item (``style``: ``kwargs``, ``args`` or ``value``)."""
+
+    def map_blocking(
+        self,
+        session_id: str,
+        tool: Target,
+        items: Sequence[Any],
+        *,
+        style: str = "kwargs",
+        timeout: float | None,
+    ) -> list[MapResult]:
+        """``map`` from a thread that is not the loop's, blocking (the fast path)."""
 
     # ---- variables, status, telemetry
     def session_variables(self, session_id: str) -> VariableStore:

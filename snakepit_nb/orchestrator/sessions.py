@@ -1,6 +1,8 @@
 """Sessions: named scopes for variables, worker affinity and call statistics.
 
-The ``SessionStore`` lives on the loop thread (no locks: one thread touches it). Time comes
+The ``SessionStore`` lives on the loop thread; a kernel thread calling over a worker's lane
+touches two things from its own thread, under a small lock: ``touch_live`` (is the session
+alive? it counts as use) and ``record_call``. Time comes
 from an injectable monotonic clock, so tests advance a fake clock instead of sleeping.
 Sessions expire after ``ttl`` seconds without use; a periodic sweep removes them, and a lookup
 of an expired id says so ("expired after N s idle") instead of a bare "not found".
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -125,6 +128,7 @@ class SessionStore:
         self._calls = 0
         self._pending: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ lookups
 
@@ -224,15 +228,30 @@ class SessionStore:
         failures: int | None = None,
     ) -> None:
         """Count ``calls`` calls (``failures`` of them failed; one call failed if ``failed``)
-        and remember which worker ran them (the affinity hint)."""
-        self._calls += calls
-        record = self._sessions.get(session_id)
-        if record is None:
-            return
-        record.call_count += calls
-        record.error_count += failures if failures is not None else int(failed)
-        if worker_id:
-            record.last_worker = worker_id
+        and remember which worker ran them (the affinity hint). Any thread."""
+        with self._lock:
+            self._calls += calls
+            record = self._sessions.get(session_id)
+            if record is None:
+                return
+            record.call_count += calls
+            record.error_count += failures if failures is not None else int(failed)
+            if worker_id:
+                record.last_worker = worker_id
+
+    def touch_live(self, session_id: str) -> bool:
+        """Whether ``session_id`` is a live session, marking it used (any thread).
+
+        False for an unknown or expired one: ask on the loop (``get``) for the error that
+        says which.
+        """
+        with self._lock:
+            record = self._sessions.get(session_id)
+            now = self._clock()
+            if record is None or self._is_stale(record, now):
+                return False
+            record.last_access = now
+            return True
 
     def affinity(self, session_id: str) -> tuple[str | None, bool]:
         """``(last_worker, strict)`` of the session; ``(None, False)`` when unknown."""

@@ -21,7 +21,14 @@ from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
 
-__all__ = ["Checker", "Parameter", "build_checker", "parse_docstring", "type_label"]
+__all__ = [
+    "PASSING_TYPES",
+    "Checker",
+    "Parameter",
+    "build_checker",
+    "parse_docstring",
+    "type_label",
+]
 
 Checker = Callable[[object], object]
 """Returns the accepted (possibly converted) value or raises ``_Mismatch``."""
@@ -184,6 +191,17 @@ _SIMPLE: dict[object, Checker] = {
     bytes: _check_bytes,
     type(None): _check_none,
     None: _check_none,
+}
+
+
+#: Exact types each simple checker passes through unchanged (a bind fast path may skip it).
+PASSING_TYPES: dict[Checker, frozenset[type]] = {
+    _check_int: frozenset({int}),
+    _check_float: frozenset({float, int}),
+    _check_str: frozenset({str}),
+    _check_bool: frozenset({bool}),
+    _check_bytes: frozenset({bytes}),
+    _check_none: frozenset({type(None)}),
 }
 
 

@@ -88,6 +88,7 @@ def settings_from(argv: Sequence[str] | None, env: Mapping[str, str]) -> WorkerS
         token=env.get(TOKEN_ENV) or None,
         ready_file=env.get("SNAKEPIT_READY_FILE") or None,
         socket_dir=env.get("SNAKEPIT_NB_SOCKET_DIR") or None,
+        lane_dir=env.get("SNAKEPIT_NB_LANE_DIR") or None,
         max_message_bytes=int(
             _env_float(env, "SNAKEPIT_NB_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)
         ),

@@ -113,9 +113,8 @@ class SessionContext:
         self._control = control if control is not None else CallControl()
         self._vars: Any = None
         if link is not None:
-            # Built here, on the loop thread: the variables client binds to the loop, and sync
-            # tools then use it from their worker thread.
-            self._vars = link.make_variables(session_id, self._prefetched)
+            # Bound to the worker's loop: sync tools use it from their thread through it.
+            self._vars = link.make_variables(session_id, self._prefetched, loop)
 
     # ------------------------------------------------------------------ cancellation
 

@@ -174,7 +174,12 @@ class OrchestratorLink:
             )
         return decode_any_with_binary(response.result, response.binary_result)
 
-    def make_variables(self, session_id: str, prefetched: Sequence[pb.Variable]) -> Any:
+    def make_variables(
+        self,
+        session_id: str,
+        prefetched: Sequence[pb.Variable],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Any:
         """A ``WorkerVariables`` for one call (``ctx.vars``), or None if that module is absent."""
         factory = self._variables_factory
         if factory is None:
@@ -183,7 +188,9 @@ class OrchestratorLink:
             except ImportError:
                 return None
             factory = self._variables_factory = WorkerVariables
-        return factory(self.stub, session_id, self.metadata, list(prefetched), self.worker_id)
+        return factory(
+            self.stub, session_id, self.metadata, list(prefetched), self.worker_id, loop=loop
+        )
 
     async def close(self) -> None:
         await self.channel.close(grace=None)

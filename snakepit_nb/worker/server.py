@@ -36,11 +36,12 @@ from snakepit_nb.protocol.codec import error_payload
 from snakepit_nb.protocol.status import abort, abort_with_tool_error, unimplemented_message
 from snakepit_nb.tools.adapter import Adapter, ToolTable, is_adapter_class
 from snakepit_nb.tools.source import define_tool_from_source, trim_to_cell
-from snakepit_nb.worker.channel import ChannelServer
-from snakepit_nb.worker.invocation import CORRELATION_HEADER, Invoker
+from snakepit_nb.worker.calls.channel import ChannelServer
+from snakepit_nb.worker.calls.invocation import CORRELATION_HEADER, Invoker
+from snakepit_nb.worker.calls.lane import LaneServer
+from snakepit_nb.worker.calls.streaming import BATCHING_KEY, StreamRun, ToolStreamError
 from snakepit_nb.worker.lifecycle import AdoptedReaper, end_descendants, write_ready_file
 from snakepit_nb.worker.link import OrchestratorLink
-from snakepit_nb.worker.streaming import BATCHING_KEY, StreamRun, ToolStreamError
 from snakepit_nb.worker.telemetry import TelemetryEmitter
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ class WorkerSettings:
     token: str | None = None
     ready_file: str | None = None
     socket_dir: str | None = None
+    # Where to open the lane (a private directory); None: no lane.
+    lane_dir: str | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     heartbeat_interval: float = 2.0
     heartbeat_misses: int = 3
@@ -134,7 +137,7 @@ class WorkerServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
     async def ExecuteTool(self, request: pb.ExecuteToolRequest, context: ServicerContext) -> Any:
         invoker = self.worker.invoker
         try:
-            call = invoker.prepare(request, _header(context, CORRELATION_HEADER))
+            call = await invoker.prepare_async(request, _header(context, CORRELATION_HEADER))
             return await invoker.run(call)
         except Exception as exc:
             if not isinstance(exc, SnakepitError):
@@ -148,7 +151,7 @@ class WorkerServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
         worker = self.worker
         invoker = worker.invoker
         try:
-            call = invoker.prepare(request, _header(context, CORRELATION_HEADER))
+            call = await invoker.prepare_async(request, _header(context, CORRELATION_HEADER))
         except Exception as exc:
             await abort(context, exc)
         batching = (
@@ -232,6 +235,7 @@ class WorkerServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
             worker_id=worker.settings.worker_id,
             pid=os.getpid(),
             adapter=worker.settings.adapter,
+            lane=worker.lane.address if worker.lane is not None else "",
         )
 
 
@@ -272,6 +276,7 @@ class Worker:
         self.table = ToolTable({}, worker_id=settings.worker_id)
         self.invoker: Invoker
         self.server: grpc.aio.Server | None = None
+        self.lane: LaneServer | None = None
         self.address = ""
         self._stopping = asyncio.Event()
         self.exit_code = 0
@@ -317,10 +322,15 @@ class Worker:
                 link=self.link,
                 max_message_bytes=settings.max_message_bytes,
                 threads=settings.threads,
+                pickles=bool(settings.token),
             )
             setup_result = adapter.setup()
             if inspect.isawaitable(setup_result):
                 await setup_result
+            if settings.lane_dir and settings.token:
+                path = os.path.join(settings.lane_dir, f"{settings.worker_id or os.getpid()}.lane")
+                self.lane = LaneServer(path, settings.token, self.invoker.direct)
+                self.lane.start()
             self.server = grpc.aio.server(
                 interceptors=[TokenInterceptor(settings.token), DecodingGuard()],
                 options=server_options(settings.max_message_bytes),
@@ -422,6 +432,8 @@ class Worker:
             invoker.close()  # cancelled calls stuck in a thread no longer hold the stop back
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self.lane is not None:
+            self.lane.close()
         if self.server is not None:
             await self.server.stop(self.settings.grace)
         if self.adapter is not None:

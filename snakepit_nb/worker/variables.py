@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import re
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,6 +35,7 @@ from snakepit_nb._errors import (
     VariableNotFoundError,
     VersionConflictError,
 )
+from snakepit_nb._loop import running_on
 from snakepit_nb.protocol import pb, pb_grpc
 from snakepit_nb.protocol.codec import decode_any_with_binary, encode_any
 from snakepit_nb.protocol.status import error_from_status, map_rpc_error
@@ -121,7 +121,8 @@ def _batch_error(text: str) -> SnakepitError:
 class WorkerVariables:
     """The session's variables, for one tool call (``ctx.vars``).
 
-    Built by the worker on its loop thread; sync methods may be called from any other thread.
+    Bound to the worker's loop (the running one, or ``loop``); sync methods may be called from
+    any other thread.
     """
 
     def __init__(
@@ -133,6 +134,7 @@ class WorkerVariables:
         worker_id: str = "",
         *,
         timeout: float = _DEFAULT_TIMEOUT,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._stub = stub
         self.session_id = session_id
@@ -142,11 +144,12 @@ class WorkerVariables:
         for message in prefetched:
             self._snapshot[message.name] = message
         self._timeout = timeout
-        try:
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
-        self._loop_thread = threading.get_ident() if self._loop is not None else None
+        self._loop: asyncio.AbstractEventLoop | None = loop
+        if loop is None:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._loop = None
 
     def __repr__(self) -> str:
         return f"<WorkerVariables of session {self.session_id!r}>"
@@ -158,7 +161,7 @@ class WorkerVariables:
         if loop is None or loop.is_closed():
             coro.close()
             raise RuntimeError("ctx.vars is not bound to a running worker loop")
-        if threading.get_ident() == self._loop_thread:
+        if running_on(loop):
             coro.close()
             raise RuntimeError(
                 "a blocking ctx.vars method was called on the worker's event loop, where it "

@@ -12,6 +12,7 @@ import faulthandler
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,7 +154,7 @@ class PoolTestAdapter(Adapter):
 
     @tool
     def unserialisable(self) -> object:
-        return object()
+        return threading.Lock()
 
     @tool
     def nbytes(self, n: int) -> bytes:

@@ -102,7 +102,18 @@ def test_rooms_import_only_downwards(room: str) -> None:
 
 
 def test_pool_helpers_do_not_import_the_pool() -> None:
-    helpers = ("calls", "batches", "streams", "definitions", "dispatch", "supervision")
+    helpers = (
+        "calls.unary",
+        "calls.batches",
+        "calls.streams",
+        "calls.direct",
+        "calls.direct_map",
+        "calls.requests",
+        "definitions",
+        "dispatch",
+        "supervision",
+        "lane",
+    )
     bad = [
         f"{h} imports the pool"
         for h in helpers

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "LANE_DIR_ENV",
     "LAUNCH_ENV",
     "PARENT_PID_ENV",
     "READY_FILE_ENV",
@@ -63,6 +64,9 @@ SOCKET_DIR_ENV = "SNAKEPIT_NB_SOCKET_DIR"
 # its tools start; the worker's guardian (``snakepit_nb.worker.guardian``, same name) ends
 # them by it when the worker is gone.
 LAUNCH_ENV = "SNAKEPIT_NB_LAUNCH"
+#: A private directory where a worker on this machine opens its lane (protocol/lane.py);
+#: set to "" in a pool's ``env=`` to serve no lane (every call then goes over gRPC).
+LANE_DIR_ENV = "SNAKEPIT_NB_LANE_DIR"
 
 
 @dataclass(frozen=True)

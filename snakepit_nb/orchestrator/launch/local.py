@@ -45,6 +45,7 @@ import psutil
 from snakepit_nb._errors import ClosedError, ConfigurationError, StartupError
 from snakepit_nb._loop import EXIT_STOP_PROCESSES, at_exit
 from snakepit_nb.orchestrator.launch.base import (
+    LANE_DIR_ENV,
     LAUNCH_ENV,
     PARENT_PID_ENV,
     READY_FILE_ENV,
@@ -431,6 +432,8 @@ class LocalProcessLauncher(Launcher):
         env[PARENT_PID_ENV] = str(os.getpid())
         env[WORKER_ID_ENV] = spec.worker_id
         env[MARKER_ENV] = self.run_id
+        if spec.env.get(LANE_DIR_ENV) != "":  # env={LANE_DIR_ENV: ""}: every call over gRPC
+            env[LANE_DIR_ENV] = str(run_dir)
         if self.transport == "unix":
             env[SOCKET_DIR_ENV] = str(run_dir)
         elif SOCKET_DIR_ENV not in spec.env:

@@ -17,6 +17,7 @@ import grpc
 import grpc.aio
 
 from snakepit_nb.orchestrator.pool.channel import CallChannel
+from snakepit_nb.orchestrator.pool.lane import LaneClient
 from snakepit_nb.protocol import auth, pb, pb_grpc
 
 if TYPE_CHECKING:
@@ -49,9 +50,17 @@ class Connector(Protocol):
 class GrpcConnector:
     """Our workers (DescribeTools, then a call channel) and foreign ones (plain RPCs)."""
 
-    def __init__(self, *, metadata: tuple[tuple[str, str], ...], max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        metadata: tuple[tuple[str, str], ...],
+        max_message_bytes: int,
+        token: str | None = None,
+    ) -> None:
         self.metadata = metadata
         self.max_message_bytes = max_message_bytes
+        # With the runtime token the pool may use a worker's lane (it authenticates there).
+        self.token = token
 
     async def connect(
         self,
@@ -91,6 +100,8 @@ class GrpcConnector:
             return
         handle.pid = described.pid or launched.pid
         handle.tools = {spec.name: spec for spec in described.tools}
+        if described.lane and self.token:
+            handle.lane = LaneClient(described.lane, self.token, worker_id=handle.worker_id)
         call_channel = CallChannel(
             channel,
             worker_id=handle.worker_id,

@@ -14,13 +14,19 @@ and ``async_capacity`` for async tools (coroutine functions and async generators
 the worker's event loop); a call takes a slot of its tool's kind. When no worker has a free
 slot of that kind the call waits in a FIFO queue (one per kind; at most ``max_queue`` calls
 queued in all); past that, :class:`PoolSaturatedError` (RESOURCE_EXHAUSTED).
+
+Threads: the dispatcher lives on the loop thread, but a kernel thread making a call over a
+worker's lane takes and gives back slots itself (:meth:`Dispatcher.try_acquire`,
+:meth:`Dispatcher.release`, from any thread); a lock guards the slot counts and bindings.
+Queued calls are always handed their slot on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,7 +38,8 @@ from snakepit_nb._errors import (
     WorkerFailedError,
     WorkerUnavailableError,
 )
-from snakepit_nb.orchestrator.pool.handle import WorkerHandle, WorkerState
+from snakepit_nb._loop import running_on
+from snakepit_nb.orchestrator.pool.handle import CancelKey, WorkerHandle, WorkerState
 
 __all__ = ["AFFINITIES", "Affinity", "Dispatcher"]
 
@@ -71,6 +78,8 @@ class Dispatcher:
         self._hints: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._rotation = 0
         self.closed = False
+        self._lock = threading.Lock()
+        self._loop = asyncio.get_running_loop()
 
     @property
     def queue_length(self) -> int:
@@ -96,11 +105,12 @@ class Dispatcher:
         prefer = self._hints.get(session_id) if affinity == "hint" else None
         queue = self._queues[is_async]
         if not queue:
-            handle = self._pick(only, incarnation, prefer, is_async)
-            if handle is not None:
-                handle.take_slot(is_async)
-                self._bind(handle, session_id, affinity)
-                return handle
+            with self._lock:
+                handle = self._pick(only, incarnation, prefer, is_async)
+                if handle is not None:
+                    handle.take_slot(is_async)
+                    self._bind(handle, session_id, affinity)
+                    return handle
         self._check_can_ever_run(only)
         if self.queue_length >= self.max_queue:
             raise PoolSaturatedError(
@@ -123,11 +133,75 @@ class Dispatcher:
         self._bind(handle, session_id, affinity)
         return handle
 
-    def release(self, handle: WorkerHandle, *, is_async: bool = False) -> None:
-        """A call on ``handle`` is over: free its slot and hand free slots to waiters."""
-        handle.free_slot(is_async)
+    def try_acquire(
+        self, session_id: str, affinity: str, *, is_async: bool = False
+    ) -> WorkerHandle | None:
+        """A free slot now, from any thread, or None (then queue on the loop with acquire).
+
+        None too while calls of this kind are queued: a call never overtakes them.
+        """
+        if self.closed or self._queues[is_async]:
+            return None
+        only, incarnation = self._strict_target(session_id, affinity)
+        prefer = self._hints.get(session_id) if affinity == "hint" else None
+        with self._lock:
+            handle = self._pick(only, incarnation, prefer, is_async)
+            if handle is None:
+                return None
+            handle.take_slot(is_async)
+            self._bind(handle, session_id, affinity)
+            return handle
+
+    def take(self, handle: WorkerHandle, *, is_async: bool = False) -> None:
+        """Count one more call on ``handle`` without asking (a map keeps a worker fed)."""
+        with self._lock:
+            handle.take_slot(is_async)
+
+    def cancel_sent(self, handle: WorkerHandle, key: CancelKey, tool: str) -> int:
+        """From any thread: a cancel of call ``key`` (running ``tool``) went to ``handle``'s
+        worker. Recorded on the loop (the ``cancel_grace`` watch starts there), for the
+        incarnation it went to; returns that incarnation, for :meth:`cancel_confirmed`."""
+        incarnation = handle.incarnation
+
+        def record() -> None:
+            if handle.incarnation == incarnation:
+                handle.cancel_sent(key, tool)
+
+        self._soon(record)
+        return incarnation
+
+    def cancel_confirmed(self, handle: WorkerHandle, key: CancelKey, incarnation: int) -> None:
+        """From any thread: the worker answered the cancelled call ``key``."""
+        self._soon(lambda: handle.cancel_confirmed(key, incarnation))
+
+    def _soon(self, callback: Callable[[], None]) -> None:
+        if running_on(self._loop):
+            callback()
+        else:
+            self._loop.call_soon_threadsafe(callback)
+
+    def count_errors(self, handle: WorkerHandle, errors: int) -> None:
+        with self._lock:
+            handle.errors += errors
+
+    def release(
+        self,
+        handle: WorkerHandle,
+        *,
+        is_async: bool = False,
+        calls: int = 0,
+        errors: int = 0,
+    ) -> None:
+        """A call on ``handle`` is over (any thread): count it, free its slot, serve waiters."""
+        with self._lock:
+            handle.calls += calls
+            handle.errors += errors
+            handle.free_slot(is_async)
         if self._queues[0] or self._queues[1]:
-            self.pump()
+            if running_on(self._loop):
+                self.pump()
+            else:
+                self._loop.call_soon_threadsafe(self.pump)
 
     def pump(self) -> None:
         """Give free slots to queued calls, oldest first within each kind."""
@@ -143,13 +217,15 @@ class Dispatcher:
             waiter = waiters.popleft()
             if waiter.future.done():
                 continue
-            handle = self._pick(waiter.only, waiter.incarnation, waiter.prefer, is_async)
+            with self._lock:
+                handle = self._pick(waiter.only, waiter.incarnation, waiter.prefer, is_async)
+                if handle is not None:
+                    handle.take_slot(is_async)
             if handle is None:
                 keep.append(waiter)
                 if waiter.only is None and not self._any_free(is_async):
                     break
                 continue
-            handle.take_slot(is_async)
             waiter.future.set_result(handle)
         keep.extend(waiters)
         waiters.clear()

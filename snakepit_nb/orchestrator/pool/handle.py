@@ -11,6 +11,7 @@ import asyncio
 import collections
 import enum
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,12 +22,20 @@ import grpc.aio
 
 from snakepit_nb._errors import ClosedError, WorkerCrashedError
 from snakepit_nb.orchestrator.pool.channel import CallChannel
+from snakepit_nb.orchestrator.pool.lane import LaneClient
 from snakepit_nb.protocol import pb, pb_grpc
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.launch.base import LaunchedWorker
 
-__all__ = ["WorkerGone", "WorkerHandle", "WorkerState", "WorkerStatus"]
+__all__ = [
+    "CancelKey",
+    "IncarnationEnd",
+    "WorkerGone",
+    "WorkerHandle",
+    "WorkerState",
+    "WorkerStatus",
+]
 
 log = logging.getLogger("snakepit_nb.pool")
 
@@ -97,6 +106,20 @@ class WorkerGone(Exception):
         )
 
 
+#: Which cancelled call: a call channel's id, or ``("lane", id)`` for a call over the lane.
+CancelKey = int | tuple[str, int]
+
+
+class IncarnationEnd:
+    """How one incarnation ended, for threads: ``event`` is set once ``error`` is known."""
+
+    __slots__ = ("error", "event")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.error: BaseException | None = None
+
+
 class WorkerHandle:
     """The pool's view of one worker slot (all methods run on the loop thread)."""
 
@@ -112,6 +135,8 @@ class WorkerHandle:
         self.grpc_channel: grpc.aio.Channel | None = None
         self.stub: pb_grpc.BridgeServiceStub | None = None
         self.call_channel: CallChannel | None = None
+        # The worker's lane (local workers of an authenticated pool): calls from kernel threads.
+        self.lane: LaneClient | None = None
         self.foreign = False
         self.pid: int | None = None
         self.address = ""
@@ -121,9 +146,9 @@ class WorkerHandle:
         # id: (tool, when the cancel was sent). While any is left the slot takes no new call
         # of either kind; the supervisor replaces the worker if one is still there after
         # ``cancel_grace`` (a tool that ignores cancellation, a hung event loop).
-        self.cancels: dict[int, tuple[str, float]] = {}
+        self.cancels: dict[CancelKey, tuple[str, float]] = {}
         # Set by the supervisor: told of every cancel sent, to watch for its confirmation.
-        self.on_cancel: Callable[[WorkerHandle, int], None] | None = None
+        self.on_cancel: Callable[[WorkerHandle, CancelKey], None] | None = None
         self.calls = 0
         self.errors = 0
         self.restarts = 0
@@ -139,6 +164,8 @@ class WorkerHandle:
         self._next_op = 0
         # Resolved with the WorkerCrashedError (or similar) once the incarnation is gone.
         self.gone: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        # The same news for threads (the lane's callers), one object per incarnation.
+        self.end = IncarnationEnd()
         self.exit_reason = ""  # set by the supervisor when it kills the worker on purpose
         self.recycle_requested = ""
         # Set by the supervisor while recycling: fired when the last call finishes.
@@ -155,7 +182,7 @@ class WorkerHandle:
         """Cancelled calls whose stop the worker has not confirmed yet."""
         return len(self.cancels)
 
-    def cancel_sent(self, call_id: int, tool: str) -> int:
+    def cancel_sent(self, call_id: CancelKey, tool: str) -> int:
         """A cancel for ``call_id`` went to this incarnation; returns the incarnation, for
         :meth:`cancel_confirmed`."""
         self.cancels[call_id] = (tool, time.monotonic())
@@ -163,7 +190,7 @@ class WorkerHandle:
             self.on_cancel(self, call_id)
         return self.incarnation
 
-    def cancel_confirmed(self, call_id: int, incarnation: int) -> None:
+    def cancel_confirmed(self, call_id: CancelKey, incarnation: int) -> None:
         """The worker answered the cancelled call (or the incarnation is gone)."""
         if incarnation == self.incarnation:
             self.cancels.pop(call_id, None)
@@ -215,6 +242,7 @@ class WorkerHandle:
     def new_incarnation(self) -> None:
         self.incarnation += 1
         self.gone = asyncio.get_running_loop().create_future()
+        self.end = IncarnationEnd()
         self.exit_reason = ""
         self.recycle_requested = ""
         self.cancels = {}
@@ -223,6 +251,7 @@ class WorkerHandle:
         self.pid = None
         self.address = ""
         self.foreign = False
+        self.lane = None
 
     def add_op(self, on_gone: Callable[[BaseException], None]) -> int:
         self._next_op += 1
@@ -244,6 +273,10 @@ class WorkerHandle:
                 log.exception("failing an operation on %s raised", self.worker_id)
         if not self.gone.done():
             self.gone.set_result(exc)
+        self.end.error = exc
+        self.end.event.set()
+        if self.lane is not None:
+            self.lane.close()
 
     def status(self) -> WorkerStatus:
         rss: int | None = None
@@ -271,6 +304,9 @@ class WorkerHandle:
     # ------------------------------------------------------------------ connection
 
     async def close_connection(self) -> None:
+        if self.lane is not None:
+            self.lane.close()
+            self.lane = None
         if self.call_channel is not None:
             await self.call_channel.close()
             self.call_channel = None

@@ -12,6 +12,7 @@ supervisor (recycling after N calls, draining).
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -44,6 +45,14 @@ class PoolHost(Protocol):
 
     @property
     def registry(self) -> ToolRegistry: ...
+
+    @property
+    def lane_executor(self) -> concurrent.futures.Executor:
+        """Threads for lane calls that start on the loop."""
+
+    @property
+    def pickles(self) -> bool:
+        """Whether values may travel pickled (our own workers, the token-checked channel)."""
 
     def settle(
         self, handle: WorkerHandle, *, calls: int = 1, errors: int = 0, is_async: bool = False

@@ -33,11 +33,12 @@ batching and no cell-defined tools; their tools appear once they register them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 import grpc.aio
@@ -45,22 +46,21 @@ import grpc.aio
 from snakepit_nb._errors import (
     CallTimeoutError,
     ClosedError,
-    InvalidArgumentError,
     StartupError,
     WorkerCrashedError,
 )
-from snakepit_nb.orchestrator.pool.batches import MapResult, run_map
-from snakepit_nb.orchestrator.pool.calls import call_once
+from snakepit_nb._loop import running_on
+from snakepit_nb.orchestrator.pool.calls.batches import MapResult, run_map
+from snakepit_nb.orchestrator.pool.calls.direct import NOT_DIRECT, Target, direct_call, target_name
+from snakepit_nb.orchestrator.pool.calls.direct_map import direct_map
+from snakepit_nb.orchestrator.pool.calls.requests import build_request
+from snakepit_nb.orchestrator.pool.calls.streams import StreamCall
+from snakepit_nb.orchestrator.pool.calls.unary import Call, call_once
 from snakepit_nb.orchestrator.pool.definitions import ToolDefinitions
 from snakepit_nb.orchestrator.pool.dispatch import Dispatcher
 from snakepit_nb.orchestrator.pool.handle import WorkerGone, WorkerHandle, WorkerState, WorkerStatus
-from snakepit_nb.orchestrator.pool.streams import StreamCall
 from snakepit_nb.orchestrator.pool.supervision import Supervisor
 from snakepit_nb.protocol import pb
-from snakepit_nb.protocol.codec import (
-    binary_parameter_metadata,
-    encode_params,
-)
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.config import Config
@@ -150,6 +150,12 @@ class Pool:
         self._telemetry_tasks: dict[str, asyncio.Task[None]] = {}
         self._started_at = 0.0
         self._closed = False
+        self._loop = asyncio.get_running_loop()
+        # Threads that run lane calls started on the loop (encoding, I/O, decoding).
+        self.lane_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(4, min(64, config.workers * (config.capacity + 2))),
+            thread_name_prefix="snakepit-lane",
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -222,6 +228,7 @@ class Pool:
             task.cancel()
         await self.supervisor.close(grace=grace)
         self._telemetry_tasks.clear()
+        self.lane_executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def closed(self) -> bool:
@@ -236,17 +243,19 @@ class Pool:
     async def call(
         self,
         session_id: str,
-        tool: str,
+        tool: Target,
         kwargs: Mapping[str, object],
         *,
+        args: Sequence[object] = (),
         timeout: float | None,  # noqa: ASYNC109 - the pool's contract; covers queueing too
         affinity: str = "hint",
         metadata: Mapping[str, str] | None = None,
         variables: Sequence[pb.Variable] = (),
     ) -> object:
-        """Run ``tool(**kwargs)`` in a worker and return its decoded result.
+        """Run ``tool(*args, **kwargs)`` in a worker and return its decoded result.
 
-        Raises RemoteToolError (the tool raised), CallTimeoutError (``timeout`` seconds passed,
+        ``tool`` is a tool's name or a Python function (shipped pickled). Raises
+        RemoteToolError (the tool raised), CallTimeoutError (``timeout`` seconds passed,
         queueing included; the worker is told to stop), WorkerCrashedError, PoolSaturatedError,
         SessionWorkerGoneError / WorkerFailedError, or the error a worker reports for bad
         arguments or an unknown tool.
@@ -254,27 +263,27 @@ class Pool:
         self._check_open()
         if timeout is None:
             timeout = self.config.call_timeout
-        request = self.build_request(session_id, tool, kwargs, metadata, variables)
-        payload = request.SerializeToString()
+        name = target_name(tool)
+        call = Call(session_id, tool, args, kwargs, metadata or {}, variables, self.pickles)
+        if not call.pickles and (not isinstance(tool, str) or args):
+            call.request()  # refuses, before a worker is taken, what only our workers take
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout is not None else None
         attempt = 0
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
-                    return await call_once(
-                        self, session_id, tool, request, payload, affinity, deadline
-                    )
+                    return await call_once(self, call, affinity, deadline)
             except TimeoutError as exc:
                 raise CallTimeoutError(
-                    f"call of {tool!r} did not finish within {timeout:g} s{self._stuck_note()}; "
+                    f"call of {name!r} did not finish within {timeout:g} s{self._stuck_note()}; "
                     "the worker was told to stop it — pass a larger timeout if it is only slow"
                 ) from exc
             except WorkerCrashedError:
-                if attempt >= IDEMPOTENT_RETRIES or not self.is_idempotent(tool):
+                if attempt >= IDEMPOTENT_RETRIES or not self.is_idempotent(name):
                     raise
                 attempt += 1
-                log.info("retrying idempotent tool %r after its worker died", tool)
+                log.info("retrying idempotent tool %r after its worker died", name)
 
     def _stuck_note(self) -> str:
         """Which workers take no calls because a cancelled call has not stopped yet."""
@@ -290,31 +299,44 @@ class Pool:
                 )
         return f" ({'; '.join(notes)})" if notes else ""
 
-    def build_request(
+    def call_direct(
         self,
         session_id: str,
-        tool: str,
+        tool: Target,
+        args: Sequence[object],
         kwargs: Mapping[str, object],
-        metadata: Mapping[str, str] | None = None,
-        variables: Sequence[pb.Variable] = (),
-    ) -> pb.ExecuteToolRequest:
-        if not isinstance(kwargs, Mapping):
-            raise InvalidArgumentError(
-                f"arguments of {tool!r} must be a mapping of names to values, not "
-                f"{type(kwargs).__name__}"
-            )
-        params, binary = encode_params(kwargs)
-        request = pb.ExecuteToolRequest(session_id=session_id, tool_name=tool)
-        for name, value in params.items():
-            request.parameters[name].CopyFrom(value)
-        if binary:
-            request.binary_parameters.update(binary)
-            request.metadata.update(binary_parameter_metadata(binary))
-        if metadata:
-            request.metadata.update(metadata)
-        if variables:
-            request.variables.extend(variables)
-        return request
+        *,
+        timeout: float | None,
+        affinity: str,
+        metadata: Mapping[str, str],
+    ) -> object:
+        """The call from this (non-loop) thread over a lane, or NOT_DIRECT (see pool/direct)."""
+        name = target_name(tool)
+        attempt = 0
+        while True:
+            if self._closed:
+                return NOT_DIRECT
+            try:
+                return direct_call(
+                    self,
+                    session_id,
+                    tool,
+                    args,
+                    kwargs,
+                    timeout=self.config.call_timeout if timeout is None else timeout,
+                    affinity=affinity,
+                    metadata=metadata,
+                )
+            except WorkerCrashedError:
+                if attempt >= IDEMPOTENT_RETRIES or not self.is_idempotent(name):
+                    raise
+                attempt += 1
+                log.info("retrying idempotent tool %r after its worker died", name)
+
+    @property
+    def pickles(self) -> bool:
+        """Whether values may travel pickled: our own workers, on the token-checked channel."""
+        return self.config.auth and not self.config.worker_command
 
     def tool_spec(self, tool: str) -> pb.ToolSpec | None:
         """The spec of a worker tool, or None while it is unknown (not registered yet)."""
@@ -339,10 +361,20 @@ class Pool:
     def settle(
         self, handle: WorkerHandle, *, calls: int = 1, errors: int = 0, is_async: bool = False
     ) -> None:
-        """A call (or ``calls`` items of a batch) on ``handle`` is over: free its slot."""
-        handle.calls += calls
-        handle.errors += errors
-        self.dispatcher.release(handle, is_async=is_async)
+        """A call (or ``calls`` items of a batch) on ``handle`` is over: free its slot.
+
+        Any thread may settle (the lane's callers do it from theirs); what follows a settle
+        on the supervision side runs on the loop.
+        """
+        self.dispatcher.release(handle, is_async=is_async, calls=calls, errors=errors)
+        if handle.drained is None and self.config.recycle_after_calls is None:
+            return
+        if running_on(self._loop):
+            self._after_settle(handle)
+        else:
+            self._loop.call_soon_threadsafe(self._after_settle, handle)
+
+    def _after_settle(self, handle: WorkerHandle) -> None:
         if handle.in_flight == 0 and handle.drained is not None:
             handle.drained.set()
         if self.config.recycle_after_calls is not None:
@@ -373,20 +405,23 @@ class Pool:
         self._check_open()
         if timeout is None:
             timeout = self.config.call_timeout
-        request = self.build_request(session_id, tool, kwargs, metadata, variables)
+        request = build_request(
+            session_id, tool, (), kwargs, metadata, variables, pickles=self.pickles
+        )
         return StreamCall(self, session_id, tool, request, timeout=timeout, affinity=affinity)
 
     async def map(
         self,
         session_id: str,
-        tool: str,
-        kwargs_list: Sequence[Mapping[str, object]],
+        tool: Target,
+        items: Sequence[Any],
         *,
+        style: str = "kwargs",
         timeout: float | None,  # noqa: ASYNC109 - the pool's contract
         chunksize: int | None = None,
         affinity: str = "none",
     ) -> list[MapResult]:
-        """Run ``tool`` once per argument mapping, batched; ``(ok, value_or_error)`` in order."""
+        """Run ``tool`` once per item, batched; ``(ok, value_or_error)`` in order."""
         self._check_open()
         if timeout is None:
             timeout = self.config.call_timeout
@@ -394,10 +429,33 @@ class Pool:
             self,
             session_id,
             tool,
-            kwargs_list,
+            items,
+            style=style,
             timeout=timeout,
             chunksize=chunksize,
             affinity=affinity,
+        )
+
+    def map_direct(
+        self,
+        session_id: str,
+        tool: Target,
+        items: Sequence[Any],
+        *,
+        style: str,
+        timeout: float | None,
+    ) -> list[MapResult] | Any:
+        """The map from this (non-loop) thread over the lanes, or NOT_DIRECT."""
+        if self._closed:
+            return NOT_DIRECT
+        return direct_map(
+            self,
+            session_id,
+            tool,
+            items,
+            style,
+            timeout=self.config.call_timeout if timeout is None else timeout,
+            metadata={},
         )
 
     # ------------------------------------------------------------------ cell-defined tools

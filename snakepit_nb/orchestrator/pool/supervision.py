@@ -31,7 +31,7 @@ from snakepit_nb.orchestrator.launch.base import describe_exit
 from snakepit_nb.orchestrator.pool.channel import describe_rpc_failure
 from snakepit_nb.orchestrator.pool.connect import Connector, GrpcConnector
 from snakepit_nb.orchestrator.pool.dispatch import Dispatcher
-from snakepit_nb.orchestrator.pool.handle import WorkerGone, WorkerHandle, WorkerState
+from snakepit_nb.orchestrator.pool.handle import CancelKey, WorkerGone, WorkerHandle, WorkerState
 from snakepit_nb.protocol import auth
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class Supervisor:
         self.token = token
         self.metadata: tuple[tuple[str, str], ...] = auth.token_metadata(token) if token else ()
         self.connector: Connector = connector or GrpcConnector(
-            metadata=self.metadata, max_message_bytes=config.max_message_bytes
+            metadata=self.metadata, max_message_bytes=config.max_message_bytes, token=token
         )
         self.run_id = run_id
         self._prepare = prepare
@@ -360,12 +360,12 @@ class Supervisor:
         if handle.launched is not None:
             handle.launched.kill()
 
-    def _watch_cancel(self, handle: WorkerHandle, call_id: int) -> None:
+    def _watch_cancel(self, handle: WorkerHandle, call_id: CancelKey) -> None:
         asyncio.get_running_loop().call_later(
             self.config.cancel_grace, self._cancel_overdue, handle, handle.incarnation, call_id
         )
 
-    def _cancel_overdue(self, handle: WorkerHandle, incarnation: int, call_id: int) -> None:
+    def _cancel_overdue(self, handle: WorkerHandle, incarnation: int, call_id: CancelKey) -> None:
         """``cancel_grace`` after a cancel: a worker still running that call is replaced."""
         if self.closing or handle.incarnation != incarnation or handle.exit_reason:
             return

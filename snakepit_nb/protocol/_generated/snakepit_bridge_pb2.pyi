@@ -187,7 +187,7 @@ class ParameterSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ..., required: _Optional[bool] = ..., default_value: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., validation_json: _Optional[str] = ...) -> None: ...
 
 class ExecuteToolRequest(_message.Message):
-    __slots__ = ("session_id", "tool_name", "parameters", "metadata", "stream", "binary_parameters", "variables")
+    __slots__ = ("session_id", "tool_name", "parameters", "metadata", "stream", "binary_parameters", "variables", "pickled")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +216,7 @@ class ExecuteToolRequest(_message.Message):
     STREAM_FIELD_NUMBER: _ClassVar[int]
     BINARY_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    PICKLED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     tool_name: str
     parameters: _containers.MessageMap[str, _any_pb2.Any]
@@ -223,10 +224,11 @@ class ExecuteToolRequest(_message.Message):
     stream: bool
     binary_parameters: _containers.ScalarMap[str, bytes]
     variables: _containers.RepeatedCompositeFieldContainer[Variable]
-    def __init__(self, session_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., parameters: _Optional[_Mapping[str, _any_pb2.Any]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., stream: _Optional[bool] = ..., binary_parameters: _Optional[_Mapping[str, bytes]] = ..., variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ...) -> None: ...
+    pickled: bytes
+    def __init__(self, session_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., parameters: _Optional[_Mapping[str, _any_pb2.Any]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., stream: _Optional[bool] = ..., binary_parameters: _Optional[_Mapping[str, bytes]] = ..., variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ..., pickled: _Optional[bytes] = ...) -> None: ...
 
 class ExecuteToolResponse(_message.Message):
-    __slots__ = ("success", "result", "error_message", "metadata", "execution_time_ms", "binary_result")
+    __slots__ = ("success", "result", "error_message", "metadata", "execution_time_ms", "binary_result", "pickled_result")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -240,16 +242,18 @@ class ExecuteToolResponse(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     BINARY_RESULT_FIELD_NUMBER: _ClassVar[int]
+    PICKLED_RESULT_FIELD_NUMBER: _ClassVar[int]
     success: bool
     result: _any_pb2.Any
     error_message: str
     metadata: _containers.ScalarMap[str, str]
     execution_time_ms: int
     binary_result: bytes
-    def __init__(self, success: _Optional[bool] = ..., result: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., error_message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., execution_time_ms: _Optional[int] = ..., binary_result: _Optional[bytes] = ...) -> None: ...
+    pickled_result: bytes
+    def __init__(self, success: _Optional[bool] = ..., result: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., error_message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., execution_time_ms: _Optional[int] = ..., binary_result: _Optional[bytes] = ..., pickled_result: _Optional[bytes] = ...) -> None: ...
 
 class ToolChunk(_message.Message):
-    __slots__ = ("chunk_id", "data", "is_final", "metadata", "batch", "batch_count")
+    __slots__ = ("chunk_id", "data", "is_final", "metadata", "batch", "batch_count", "pickled_batch")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -263,13 +267,15 @@ class ToolChunk(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     BATCH_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PICKLED_BATCH_FIELD_NUMBER: _ClassVar[int]
     chunk_id: str
     data: bytes
     is_final: bool
     metadata: _containers.ScalarMap[str, str]
     batch: bytes
     batch_count: int
-    def __init__(self, chunk_id: _Optional[str] = ..., data: _Optional[bytes] = ..., is_final: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., batch: _Optional[bytes] = ..., batch_count: _Optional[int] = ...) -> None: ...
+    pickled_batch: bytes
+    def __init__(self, chunk_id: _Optional[str] = ..., data: _Optional[bytes] = ..., is_final: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., batch: _Optional[bytes] = ..., batch_count: _Optional[int] = ..., pickled_batch: _Optional[bytes] = ...) -> None: ...
 
 class RegisterToolsRequest(_message.Message):
     __slots__ = ("session_id", "tools", "worker_id")
@@ -916,7 +922,7 @@ class CallCancel(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class BatchCall(_message.Message):
-    __slots__ = ("session_id", "tool_name", "arguments", "metadata")
+    __slots__ = ("session_id", "tool_name", "arguments", "metadata", "pickled")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -928,17 +934,21 @@ class BatchCall(_message.Message):
     TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    PICKLED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     tool_name: str
     arguments: bytes
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, session_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    pickled: bytes
+    def __init__(self, session_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., pickled: _Optional[bytes] = ...) -> None: ...
 
 class BatchResult(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "pickled")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PICKLED_FIELD_NUMBER: _ClassVar[int]
     results: bytes
-    def __init__(self, results: _Optional[bytes] = ...) -> None: ...
+    pickled: bytes
+    def __init__(self, results: _Optional[bytes] = ..., pickled: _Optional[bytes] = ...) -> None: ...
 
 class CallError(_message.Message):
     __slots__ = ("code", "message", "details")
@@ -988,13 +998,15 @@ class DescribeToolsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeToolsResponse(_message.Message):
-    __slots__ = ("tools", "worker_id", "pid", "adapter")
+    __slots__ = ("tools", "worker_id", "pid", "adapter", "lane")
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    LANE_FIELD_NUMBER: _ClassVar[int]
     tools: _containers.RepeatedCompositeFieldContainer[ToolSpec]
     worker_id: str
     pid: int
     adapter: str
-    def __init__(self, tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ..., worker_id: _Optional[str] = ..., pid: _Optional[int] = ..., adapter: _Optional[str] = ...) -> None: ...
+    lane: str
+    def __init__(self, tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ..., worker_id: _Optional[str] = ..., pid: _Optional[int] = ..., adapter: _Optional[str] = ..., lane: _Optional[str] = ...) -> None: ...

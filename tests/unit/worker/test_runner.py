@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import threading
 
-from snakepit_nb.worker.runner import SyncRunner
+from snakepit_nb.worker.calls.runner import SyncRunner
 
 
 def test_a_call_never_waits_behind_a_thread_that_is_busy_with_a_long_one() -> None:

@@ -424,7 +424,7 @@ def test_define_tool_failure_in_one_worker_changes_nothing(make: Callable[..., A
     assert "RuntimeError" in info.value.remote_traceback
     # Rolled back: both workers still run v1.
     s = client.session("picky")
-    assert s.map("picky", [{"x": i} for i in range(40)]) == [["v1", i] for i in range(40)]
+    assert s.map("picky", [{"x": i} for i in range(40)]) == [("v1", i) for i in range(40)]
 
 
 def test_define_new_tool_failure_is_rolled_back(make: Callable[..., Any]) -> None:

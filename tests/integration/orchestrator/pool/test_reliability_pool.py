@@ -22,7 +22,6 @@ from snakepit_nb._errors import (
     CallTimeoutError,
     InvalidArgumentError,
     RemoteToolError,
-    ResourceExhaustedError,
     ToolNotFoundError,
     WorkerCrashedError,
     WorkerFailedError,
@@ -120,8 +119,7 @@ def test_t2_crash_matrix(
     ("tool", "kwargs", "error", "text"),
     [
         ("fail", {"message": "bad"}, RemoteToolError, "bad"),
-        ("unserialisable", {}, InvalidArgumentError, "cannot be sent"),
-        ("nbytes", {"n": 2 * MIB}, ResourceExhaustedError, "message limit"),
+        ("unserialisable", {}, InvalidArgumentError, "cannot be pickled"),
         ("add", {"a": "not an int"}, InvalidArgumentError, "parameter 'a'"),
         ("add", {"a": 1, "zz": 2}, InvalidArgumentError, "unknown parameter 'zz'"),
     ],
@@ -235,8 +233,13 @@ def test_t5_hung_call_with_deadline_times_out(make: Callable[..., Any]) -> None:
     with pytest.raises(CallTimeoutError):
         s.call("hang", seconds=60.0, _timeout=1.0)
     assert time.monotonic() - started < 3.0
-    # The worker cannot even take the cancel; the heartbeat watch replaces it.
-    assert s.call("whoami", _timeout=20.0)["pid"] != pid
+    # The worker's loop cannot even take the cancel; the heartbeat watch replaces it (its
+    # lane threads may still answer sync tools until then).
+    wait_until(
+        lambda: s.call("whoami", _timeout=20.0)["pid"] != pid,
+        20.0,
+        "the hung worker to be replaced",
+    )
 
 
 def test_t5_a_tool_holding_the_gil_is_detected(client_factory: Callable[..., Any]) -> None:
@@ -271,16 +274,13 @@ def test_t5_sigstopped_worker_is_replaced(make: Callable[..., Any]) -> None:
 # ---------------------------------------------------------------------------------- T17
 
 
-def test_t17_oversize_both_directions(make: Callable[..., Any]) -> None:
+def test_t17_the_message_limit_guards_the_wire_not_the_data(make: Callable[..., Any]) -> None:
+    # Local workers: values larger than max_message_bytes go through shared memory, both ways.
     client = make(workers=1, max_message_bytes=1 * MIB)
     s = client.session("big")
     pid = s.call("whoami")["pid"]
-    with pytest.raises(ResourceExhaustedError, match="max_message_bytes"):
-        s.call("echo", value=b"x" * (2 * MIB))
-    with pytest.raises(ResourceExhaustedError, match="message limit"):
-        s.call("nbytes", n=2 * MIB)
-    # Just under the limit still works, and the worker is the same one.
-    assert len(s.call("nbytes", n=MIB // 2)) == MIB // 2
+    assert len(s.call("echo", value=b"x" * (2 * MIB))) == 2 * MIB
+    assert len(s.call("nbytes", n=3 * MIB)) == 3 * MIB
     assert s.call("whoami")["pid"] == pid
 
 

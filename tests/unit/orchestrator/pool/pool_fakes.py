@@ -8,6 +8,7 @@ order, errors, retries, cancellation) is what the tests observe.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,8 +18,9 @@ from snakepit_nb.orchestrator.config import Config
 from snakepit_nb.orchestrator.pool.dispatch import Dispatcher
 from snakepit_nb.orchestrator.pool.handle import WorkerGone, WorkerHandle, WorkerState
 from snakepit_nb.orchestrator.registry import ToolRegistry
-from snakepit_nb.protocol import pb
+from snakepit_nb.protocol import pb, pickling
 from snakepit_nb.protocol.codec import decode_json, encode_json, error_info
+from snakepit_nb.protocol.lane import pack_inline, unpack_inline
 
 Tool = Callable[..., object]
 
@@ -55,14 +57,19 @@ class FakeChannel:
         future: asyncio.Future[pb.ChannelMessage] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         message = pb.BatchCall.FromString(batch)
-        items = decode_json(message.arguments)
+        # The kernel's own workers get maps pickled; others (pickles=False) JSON.
+        pickled = bool(message.pickled)
+        if pickled:
+            _ref, items, _style = unpack_inline(message.pickled, what="a test batch")
+        else:
+            items = decode_json(message.arguments)
         assert isinstance(items, list)
         self.batches.append(len(items))
         if not self.hold:
-            asyncio.get_running_loop().call_later(self.delay, self._answer, call_id, items)
+            asyncio.get_running_loop().call_later(self.delay, self._answer, call_id, items, pickled)
         return call_id, future
 
-    def _answer(self, call_id: int, items: list[Any]) -> None:
+    def _answer(self, call_id: int, items: list[Any], pickled: bool = False) -> None:
         future = self._pending.pop(call_id, None)
         if future is None or future.done():
             return
@@ -72,6 +79,14 @@ class FakeChannel:
                 results.append([True, self.tool(**kwargs)])
             except Exception as exc:
                 results.append([False, error_info(exc, tool_name="t", session_id="s")])
+        if pickled:
+            values = [value if ok else None for ok, value in results]
+            errors = {i: value for i, (ok, value) in enumerate(results) if not ok}
+            answer = pack_inline(pickling.dumps(("ok", values, errors)))
+            future.set_result(
+                pb.ChannelMessage(call_id=call_id, batch_result=pb.BatchResult(pickled=answer))
+            )
+            return
         future.set_result(
             pb.ChannelMessage(
                 call_id=call_id, batch_result=pb.BatchResult(results=encode_json(results))
@@ -115,6 +130,8 @@ class FakeHost:
         self.metadata: tuple[tuple[str, str], ...] = ()
         self.registry = ToolRegistry()
         self.idempotent = idempotent
+        self.pickles = True
+        self.lane_executor = concurrent.futures.ThreadPoolExecutor(max_workers=2)
         self.settled: list[tuple[str, int, int]] = []
 
     def settle(

@@ -15,7 +15,7 @@ from snakepit_nb._errors import (
     RemoteToolError,
     WorkerCrashedError,
 )
-from snakepit_nb.orchestrator.pool.batches import default_chunksize, run_map
+from snakepit_nb.orchestrator.pool.calls.batches import default_chunksize, run_map
 from snakepit_nb.orchestrator.pool.handle import WorkerGone
 
 T = TypeVar("T")

@@ -13,9 +13,9 @@ import pytest
 from pool_fakes import FakeHost
 
 from snakepit_nb._errors import RemoteToolError, ResourceExhaustedError, WorkerCrashedError
+from snakepit_nb.orchestrator.pool.calls.streams import RETURN_MARK, StreamCall
 from snakepit_nb.orchestrator.pool.channel import EOF
 from snakepit_nb.orchestrator.pool.handle import WorkerGone
-from snakepit_nb.orchestrator.pool.streams import RETURN_MARK, StreamCall
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import encode_chunk, encode_chunk_batch
 

@@ -17,9 +17,12 @@ import asyncio
 import collections
 import functools
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import grpc
 
 from snakepit_nb._errors import (
     CallTimeoutError,
@@ -30,11 +33,15 @@ from snakepit_nb._errors import (
     ResourceExhaustedError,
     SnakepitError,
 )
+from snakepit_nb.orchestrator.pool.calls.direct import NOT_DIRECT, Target, target_name
+from snakepit_nb.orchestrator.pool.calls.direct_map import direct_map
+from snakepit_nb.orchestrator.pool.calls.requests import raise_unpicklable_item
 from snakepit_nb.orchestrator.pool.channel import ChannelBrokenError
 from snakepit_nb.orchestrator.pool.handle import WorkerGone, WorkerHandle, WorkerState
-from snakepit_nb.protocol import pb
+from snakepit_nb.protocol import pb, pickling
 from snakepit_nb.protocol.codec import decode_json, encode_json, remote_error_from_info
-from snakepit_nb.protocol.status import error_from_call_error
+from snakepit_nb.protocol.lane import pack_inline, unpack_inline
+from snakepit_nb.protocol.status import error_from_call_error, error_from_status
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.pool.host import PoolHost
@@ -80,17 +87,24 @@ def _check_items(tool: str, kwargs_list: Sequence[Mapping[str, object]]) -> list
 async def run_map(
     pool: PoolHost,
     session_id: str,
-    tool: str,
-    kwargs_list: Sequence[Mapping[str, object]],
+    target: Target,
+    kwargs_list: Sequence[Any],
     *,
+    style: str = "kwargs",
     timeout: float | None,  # noqa: ASYNC109 - the pool's contract: one deadline for the map
     chunksize: int | None,
     affinity: str,
 ) -> list[MapResult]:
-    items = _check_items(tool, kwargs_list)
+    tool = target_name(target)
+    items = _check_items(tool, kwargs_list) if style == "kwargs" else list(kwargs_list)
     n = len(items)
     if n == 0:
         return []
+    if pool.pickles and chunksize is None and any(h.lane is not None for h in pool.handles):
+        # Local workers: the map runs over their lanes, from a thread (never on the loop).
+        lanes = await _over_lanes(pool, session_id, target, items, style, timeout)
+        if lanes is not NOT_DIRECT:
+            return lanes  # type: ignore[no-any-return]
     if chunksize is not None and (
         isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
     ):
@@ -98,8 +112,21 @@ async def run_map(
     size = chunksize or default_chunksize(n, len(pool.handles))
     max_bytes = pool.config.max_message_bytes // 2
     chunks: collections.deque[_Chunk] = collections.deque()
+    # Our own workers get every map pickled (exact types both ways); anyone else JSON.
+    pickled = pool.pickles
+    if not pickled and (not isinstance(target, str) or style != "kwargs"):
+        raise InvalidArgumentError(
+            f"map({tool!r}) with a Python function or positional items needs them pickled, "
+            "which only the kernel's own authenticated workers take; this pool runs a foreign "
+            "worker or auth=False: map a tool by name over dicts of JSON-friendly arguments"
+        )
+    ref = None if isinstance(target, str) else pickling.dumps_function(target)
     for start in range(0, n, size):
-        _encode_chunks(chunks, session_id, tool, items, start, min(n, start + size), max_bytes)
+        stop = min(n, start + size)
+        if pickled:
+            chunks.append(_pickled_chunk(session_id, tool, ref, items, start, stop, style))
+        else:
+            _encode_chunks(chunks, session_id, tool, items, start, stop, max_bytes)
     try:
         async with asyncio.timeout(timeout):
             return await _Mapper(pool, session_id, tool, n, chunks, affinity).run()
@@ -108,6 +135,35 @@ async def run_map(
             f"map of {tool!r} over {n} items did not finish within {timeout:g} s; the chunks "
             "still running were cancelled — pass a larger timeout if it is only slow"
         ) from exc
+
+
+async def _over_lanes(  # noqa: PLR0917
+    pool: PoolHost,
+    session_id: str,
+    target: Target,
+    items: list[Any],
+    style: str,
+    timeout: float | None,  # noqa: ASYNC109 - the map's deadline
+) -> Any:
+    cancelled = threading.Event()
+    future = asyncio.get_running_loop().run_in_executor(
+        pool.lane_executor,
+        lambda: direct_map(
+            pool,
+            session_id,
+            target,
+            items,
+            style,
+            timeout=timeout,
+            metadata={},
+            cancelled=cancelled,
+        ),
+    )
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
 
 
 def _encode_chunks(  # noqa: PLR0917 - internal recursion helper
@@ -134,6 +190,24 @@ def _encode_chunks(  # noqa: PLR0917 - internal recursion helper
         session_id=session_id, tool_name=tool, arguments=arguments
     ).SerializeToString()
     out.append(_Chunk(start, stop, payload))
+
+
+def _pickled_chunk(  # noqa: PLR0917
+    session_id: str,
+    tool: str,
+    ref: pickling.FunctionRef | None,
+    items: list[object],
+    start: int,
+    stop: int,
+    style: str,
+) -> _Chunk:
+    try:
+        message = pickling.dumps((ref, items[start:stop], style), what=f"an item of map({tool!r})")
+    except InvalidArgumentError:
+        raise_unpicklable_item(tool, items[start:stop], start)
+        raise
+    batch = pb.BatchCall(session_id=session_id, tool_name=tool, pickled=pack_inline(message))
+    return _Chunk(start, stop, batch.SerializeToString())
 
 
 class _Mapper:
@@ -211,7 +285,7 @@ class _Mapper:
                 except ChannelBrokenError:
                     self.chunks.appendleft(chunk)
                     continue
-                handle.sync_in_flight += 1  # map batches count as sync calls
+                self.pool.dispatcher.take(handle)  # map batches count as sync calls
                 self.per_worker[handle.worker_id] += 1
                 self.pending[future] = (handle, call_id, chunk)
                 progress = True
@@ -230,12 +304,16 @@ class _Mapper:
                 return
             error = gone.error_for(self.tool)
             self._fill_error(chunk, error)
-            handle.errors += count
+            self.pool.dispatcher.count_errors(handle, count)
             return
         except ClosedError:
             self.pool.settle(handle, calls=0)
             raise
         kind = message.WhichOneof("body")
+        if kind == "batch_result" and message.batch_result.pickled:
+            errors = self._store_pickled(chunk, message.batch_result.pickled, handle.worker_id)
+            self.pool.settle(handle, calls=count, errors=errors)
+            return
         if kind == "batch_result":
             values = decode_json(message.batch_result.results)
             if not isinstance(values, list) or len(values) != count:
@@ -267,6 +345,26 @@ class _Mapper:
                 results[index] = (False, self._item_error(entry, worker_id))
             index += 1
         return errors
+
+    def _store_pickled(self, chunk: _Chunk, data: bytes, worker_id: str) -> int:
+        if not self.pool.pickles:
+            raise ProtocolError(
+                f"worker {worker_id} answered a batch pickled, which this pool does not accept "
+                "from it; nothing was unpickled"
+            )
+        answer = unpack_inline(data, what=f"the results of map({self.tool!r})")
+        if answer[0] != "ok":
+            raise error_from_status(
+                getattr(grpc.StatusCode, str(answer[1]), grpc.StatusCode.UNKNOWN),
+                str(answer[2]),
+                error_class=str(answer[3]) if len(answer) > 3 else "",
+            )
+        values, errors = answer[1], answer[2]
+        for offset, value in enumerate(values):
+            self.results[chunk.start + offset] = (True, value)
+        for offset, info in errors.items():
+            self.results[chunk.start + offset] = (False, self._item_error(info, worker_id))
+        return len(errors)
 
     def _item_error(self, entry: object, worker_id: str) -> SnakepitError:
         info = entry[1] if isinstance(entry, list) and len(entry) == 2 else entry

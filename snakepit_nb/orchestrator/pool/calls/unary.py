@@ -10,21 +10,21 @@ the tool stopped.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from snakepit_nb._errors import ClosedError, ProtocolError
+from snakepit_nb.orchestrator.pool.calls.direct import NOT_DIRECT, Target, lane_call, target_name
+from snakepit_nb.orchestrator.pool.calls.requests import build_request, decode_result
 from snakepit_nb.orchestrator.pool.channel import ChannelBrokenError
 from snakepit_nb.orchestrator.pool.handle import WorkerGone, WorkerHandle
 from snakepit_nb.orchestrator.pool.host import PoolHost
 from snakepit_nb.protocol import pb
-from snakepit_nb.protocol.codec import (
-    decode_any,
-    decode_any_with_binary,
-    remote_error_from_payload,
-)
+from snakepit_nb.protocol.codec import remote_error_from_payload
 from snakepit_nb.protocol.status import error_from_call_error, map_rpc_error
 
 __all__ = ["call_once", "channel_call", "plain_call", "remaining"]
@@ -41,28 +41,80 @@ def remaining(deadline: float | None) -> float | None:
     return max(0.001, deadline - asyncio.get_running_loop().time())
 
 
-async def call_once(  # noqa: PLR0917
-    host: PoolHost,
-    session_id: str,
-    tool: str,
-    request: pb.ExecuteToolRequest,
-    payload: bytes,
-    affinity: str,
-    deadline: float | None,
-) -> object:
-    is_async = host.is_async_tool(tool)
-    handle = await host.dispatcher.acquire(session_id, affinity, is_async=is_async)
-    while handle.call_channel is not None:
-        try:
-            return await channel_call(
-                host, handle, tool, session_id, payload, deadline, is_async=is_async
+@dataclass
+class Call:
+    """One call as the pool received it; its gRPC form is built only if a worker needs it."""
+
+    session_id: str
+    target: Target
+    args: Sequence[Any]
+    kwargs: Mapping[str, Any]
+    metadata: Mapping[str, str]
+    variables: Sequence[pb.Variable]
+    pickles: bool
+    _request: pb.ExecuteToolRequest | None = None
+    _payload: bytes = b""
+
+    @property
+    def tool(self) -> str:
+        return target_name(self.target)
+
+    def request(self) -> pb.ExecuteToolRequest:
+        if self._request is None:
+            self._request = build_request(
+                self.session_id,
+                self.target,
+                self.args,
+                self.kwargs,
+                self.metadata,
+                self.variables,
+                pickles=self.pickles,
             )
-        except NotSent:
-            # The worker's channel broke before the call left: nothing ran, so another
-            # worker (or the replacement) may take it, whatever the tool's idempotency.
-            handle = await host.dispatcher.acquire(session_id, affinity, is_async=is_async)
+        return self._request
+
+    def payload(self) -> bytes:
+        if not self._payload:
+            self._payload = self.request().SerializeToString()
+        return self._payload
+
+
+async def call_once(host: PoolHost, call: Call, affinity: str, deadline: float | None) -> object:
+    """One attempt of ``call`` on a worker: over its lane, its call channel, or a plain RPC."""
+    tool, session_id = call.tool, call.session_id
+    is_async = isinstance(call.target, str) and host.is_async_tool(call.target)
+    handle = await host.dispatcher.acquire(session_id, affinity, is_async=is_async)
+    while True:
+        client = handle.lane
+        if client is not None and not client.closed:
+            result = await lane_call(
+                host,
+                handle,
+                session_id,
+                call.target,
+                call.args,
+                call.kwargs,
+                call.metadata,
+                deadline,
+                is_async=is_async,
+                executor=host.lane_executor,
+                variables=[v.SerializeToString() for v in call.variables],
+            )
+            if result is not NOT_DIRECT:
+                return result
+        elif handle.call_channel is not None:
+            try:
+                return await channel_call(
+                    host, handle, tool, session_id, call.payload(), deadline, is_async=is_async
+                )
+            except NotSent:
+                pass
+        else:
+            break
+        # The lane or the channel broke before the call left: nothing ran, so another
+        # worker (or the replacement) may take it, whatever the tool's idempotency.
+        handle = await host.dispatcher.acquire(session_id, affinity, is_async=is_async)
     try:
-        return await plain_call(host, handle, tool, session_id, request, deadline)
+        return await plain_call(host, handle, tool, session_id, call.request(), deadline)
     finally:
         host.settle(handle, is_async=is_async)
 
@@ -115,9 +167,7 @@ async def channel_call(  # noqa: PLR0917
         response = message.response
         if response.success:
             host.settle(handle, is_async=is_async)
-            if response.binary_result:
-                return decode_any_with_binary(response.result, response.binary_result)
-            return decode_any(response.result)
+            return decode_result(response, pickles=host.pickles, tool=tool)
         host.settle(handle, errors=1, is_async=is_async)
         raise remote_error_from_payload(
             response.error_message,
@@ -173,7 +223,7 @@ async def plain_call(  # noqa: PLR0917
     try:
         response = await call
     except (asyncio.CancelledError, grpc.aio.AioRpcError) as exc:
-        handle.errors += 1
+        host.dispatcher.count_errors(handle, 1)
         if gone and isinstance(gone[0], WorkerGone):
             raise gone[0].error_for(tool) from None
         if isinstance(exc, asyncio.CancelledError):
@@ -188,10 +238,9 @@ async def plain_call(  # noqa: PLR0917
     finally:
         handle.remove_op(op)
     if response.success:
-        if response.binary_result:
-            return decode_any_with_binary(response.result, response.binary_result)
-        return decode_any(response.result)
-    handle.errors += 1
+        # A foreign worker's answer is never unpickled.
+        return decode_result(response, pickles=False, tool=tool)
+    host.dispatcher.count_errors(handle, 1)
     raise remote_error_from_payload(
         response.error_message,
         tool_name=tool,

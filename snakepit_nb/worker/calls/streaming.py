@@ -20,16 +20,20 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from snakepit_nb._errors import InvalidArgumentError, ResourceExhaustedError
 from snakepit_nb._loop import set_event
-from snakepit_nb.protocol import pb
+from snakepit_nb.protocol import pb, pickling
 from snakepit_nb.protocol.codec import encode_chunk, encode_chunk_batch
+from snakepit_nb.protocol.lane import pack_inline
 from snakepit_nb.tools.definition import StreamKind
-from snakepit_nb.worker.invocation import Invoker, PreparedCall, trim_traceback
+from snakepit_nb.worker.calls.batches import trim_traceback
+from snakepit_nb.worker.calls.invocation import OFF_LOOP_BYTES, Invoker, PreparedCall
 
 __all__ = ["BATCHING_KEY", "RETURN_KEY", "ChunkBuffer", "StreamRun", "ToolStreamError"]
+
+T = TypeVar("T")
 
 BATCHING_KEY = "snakepit_nb.chunk_batching"
 RETURN_KEY = "snakepit_nb.return"
@@ -327,9 +331,16 @@ class StreamRun:
         Raises ToolStreamError (after the chunks produced before it) if the tool raised.
         """
         name = self.call.definition.name
+        limit = self.invoker.max_message_bytes
         n = 0
         async for batch in self.buffer.batches():
-            if self.batching:
+            if self.call.pickled:
+                for data, count in await self._off_loop(_pickle_batch, name, batch, limit):
+                    yield pb.ToolChunk(
+                        chunk_id=f"{name}-{n}", pickled_batch=data, batch_count=count
+                    )
+                    n += 1
+            elif self.batching:
                 for data, count in _encode_batch(name, batch, self.invoker.max_message_bytes):
                     yield pb.ToolChunk(chunk_id=f"{name}-{n}", batch=data, batch_count=count)
                     n += 1
@@ -342,7 +353,11 @@ class StreamRun:
             raise ToolStreamError(self.buffer.error)
         final = pb.ToolChunk(chunk_id=f"{name}-{n}", is_final=True)
         has_result, result = self.buffer.result
-        if has_result:
+        if has_result and self.call.pickled:
+            ((data, _),) = await self._off_loop(_pickle_return, name, [result], limit)
+            final.pickled_batch = data
+            final.metadata[RETURN_KEY] = "1"
+        elif has_result:
             data, metadata = _encode_one(
                 name, result, self.invoker.max_message_bytes, what="the return value"
             )
@@ -350,6 +365,20 @@ class StreamRun:
             final.metadata.update(metadata)
             final.metadata[RETURN_KEY] = "1"
         yield final
+
+    async def _off_loop(
+        self,
+        encode: Callable[[str, list[object], int], T],
+        name: str,
+        values: list[object],
+        limit: int,
+    ) -> T:
+        # Small batches are encoded right here; big ones in a thread (the loop answers heartbeats).
+        if sum(map(_estimate, values)) < OFF_LOOP_BYTES:
+            return encode(name, values, limit)
+        return await self.invoker.loop.run_in_executor(
+            self.invoker.executor, encode, name, values, limit
+        )
 
     async def close(self) -> None:
         """Stop the producer (closing the generator) if it is still running."""
@@ -386,6 +415,29 @@ def _encode_one(
             "file or shared memory and send its name"
         )
     return data, metadata
+
+
+def _pickle_batch(
+    name: str, values: list[object], limit: int, what: str = "a chunk"
+) -> list[tuple[bytes, int]]:
+    """Pickle a batch (for a pickled call: exact types), split in halves while too big."""
+    data = pack_inline(pickling.dumps(pickling.wrap_large(values), what=f"{what} of {name!r}"))
+    if len(data) <= _SPLIT_BYTES or len(values) == 1:
+        if len(data) > limit - 1024:
+            raise ResourceExhaustedError(
+                f"{what} of tool {name!r} is {len(data)} bytes, over the {limit} byte message "
+                "limit; send less data per message (yield it in smaller chunks), or write it to "
+                "a file or shared memory and send its name"
+            )
+        return [(data, len(values))]
+    half = len(values) // 2
+    return _pickle_batch(name, values[:half], limit, what) + _pickle_batch(
+        name, values[half:], limit, what
+    )
+
+
+def _pickle_return(name: str, values: list[object], limit: int) -> list[tuple[bytes, int]]:
+    return _pickle_batch(name, values, limit, "the return value")
 
 
 def _encode_batch(name: str, values: list[object], limit: int) -> list[tuple[bytes, int]]:

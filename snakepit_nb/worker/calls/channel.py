@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 from snakepit_nb._errors import CallTimeoutError, CancelledError, InvalidArgumentError
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.status import call_error_for
-from snakepit_nb.worker.invocation import Invoker, PreparedCall
+from snakepit_nb.worker.calls.invocation import Invoker, PreparedCall
 
 __all__ = ["ChannelServer"]
 
@@ -96,7 +96,7 @@ class ChannelServer:
             return
         if body == "request":
             try:
-                call = self.invoker.prepare(message.request)
+                call = await self.invoker.prepare_async(message.request)
             except Exception as exc:
                 await self._reply_error(call_id, exc)
                 return
@@ -167,9 +167,9 @@ class ChannelServer:
         try:
             if deadline > 0:
                 async with asyncio.timeout(deadline):
-                    data = await self.invoker.run_batch(batch)
+                    result = await self.invoker.run_batch(batch)
             else:
-                data = await self.invoker.run_batch(batch)
+                result = await self.invoker.run_batch(batch)
         except TimeoutError:
             await self._reply_error(
                 call_id,
@@ -189,9 +189,7 @@ class ChannelServer:
         except Exception as exc:
             await self._reply_error(call_id, exc)
             return
-        await self._replies.put(
-            pb.ChannelMessage(call_id=call_id, batch_result=pb.BatchResult(results=data))
-        )
+        await self._replies.put(pb.ChannelMessage(call_id=call_id, batch_result=result))
 
     async def _reply_error(self, call_id: int, exc: BaseException) -> None:
         await self._replies.put(pb.ChannelMessage(call_id=call_id, error=call_error_for(exc)))

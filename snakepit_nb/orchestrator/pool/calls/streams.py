@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 import grpc.aio
 
-from snakepit_nb._errors import CallTimeoutError, ResourceExhaustedError
+from snakepit_nb._errors import CallTimeoutError, ProtocolError, ResourceExhaustedError
 from snakepit_nb.orchestrator.pool.channel import EOF
 from snakepit_nb.orchestrator.pool.handle import WorkerGone
 from snakepit_nb.protocol import pb
@@ -25,6 +25,7 @@ from snakepit_nb.protocol.codec import (
     decode_chunk_batch,
     remote_error_from_payload,
 )
+from snakepit_nb.protocol.lane import unpack_inline
 from snakepit_nb.protocol.status import map_rpc_error
 
 if TYPE_CHECKING:
@@ -138,6 +139,19 @@ class StreamCall(AsyncIterator[list[object]]):
             pool.settle(handle, errors=1 if failed else 0, is_async=is_async)
 
     def _decode(self, chunk: pb.ToolChunk) -> list[object]:
+        if chunk.pickled_batch:
+            if not self.pool.pickles:
+                raise ProtocolError(
+                    f"a worker streamed {self.tool!r} pickled, which this pool does not accept "
+                    "from it (a foreign worker, or auth=False); nothing was unpickled"
+                )
+            values: list[object] = unpack_inline(
+                chunk.pickled_batch, what=f"a chunk of {self.tool!r}"
+            )
+            if chunk.is_final and chunk.metadata.get(RETURN_MARK) == "1":
+                self.result = values[0] if values else None
+                return []
+            return values
         if chunk.batch_count or chunk.batch:
             return decode_chunk_batch(chunk.batch)
         metadata = chunk.metadata

@@ -24,12 +24,12 @@ import contextlib
 import functools
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.any_pb2 import Any as PbAny
 
 from snakepit_nb._errors import InvalidArgumentError, ResourceExhaustedError
-from snakepit_nb.protocol import pb
+from snakepit_nb.protocol import pb, pickling
 from snakepit_nb.protocol.boundary import check_correlation_id
 from snakepit_nb.protocol.codec import (
     decode_json,
@@ -39,11 +39,21 @@ from snakepit_nb.protocol.codec import (
     error_info,
     error_payload,
 )
+from snakepit_nb.protocol.lane import pack_inline, unpack_inline
+from snakepit_nb.protocol.pickling import FUNCTION_TOOL, FunctionRef
 from snakepit_nb.tools.adapter import ToolTable
 from snakepit_nb.tools.definition import StreamKind, ToolDefinition
+from snakepit_nb.worker.calls.batches import (
+    argument_info,
+    pickle_answer,
+    tool_items,
+    trim_traceback,
+)
+from snakepit_nb.worker.calls.direct import DirectRunner
+from snakepit_nb.worker.calls.functions import FunctionCache, function_definition
+from snakepit_nb.worker.calls.runner import SyncRunner
 from snakepit_nb.worker.context import CallControl, SessionContext
 from snakepit_nb.worker.link import OrchestratorLink
-from snakepit_nb.worker.runner import SyncRunner
 from snakepit_nb.worker.telemetry import TelemetryEmitter
 
 __all__ = ["Invoker", "PreparedCall"]
@@ -52,8 +62,21 @@ CORRELATION_KEY = "correlation_id"
 CORRELATION_HEADER = "x-snakepit-correlation-id"
 # Async tools of one batch run concurrently in groups of this size (I/O-bound tools overlap).
 _ASYNC_BATCH_CONCURRENCY = 256
+# Pickled arguments at least this large are unpickled off the loop thread.
+OFF_LOOP_BYTES = 256 * 1024
 
 T = TypeVar("T")
+
+
+class Encoded(NamedTuple):
+    """A result ready for the wire: JSON (``any`` and raw ``binary`` parts) or ``pickled``."""
+
+    any: PbAny
+    binary: bytes
+    pickled: bytes
+
+
+_EMPTY_ANY = PbAny()
 
 
 class UnsendableResultError(InvalidArgumentError):
@@ -63,7 +86,15 @@ class UnsendableResultError(InvalidArgumentError):
 class PreparedCall:
     """A call whose tool is found and whose arguments are bound: ready to run."""
 
-    __slots__ = ("control", "correlation_id", "ctx", "definition", "kwargs", "session_id")
+    __slots__ = (
+        "control",
+        "correlation_id",
+        "ctx",
+        "definition",
+        "kwargs",
+        "pickled",
+        "session_id",
+    )
 
     def __init__(  # noqa: PLR0917
         self,
@@ -73,6 +104,8 @@ class PreparedCall:
         session_id: str,
         correlation_id: str,
         control: CallControl,
+        *,
+        pickled: bool = False,
     ) -> None:
         self.definition = definition
         self.kwargs = kwargs
@@ -80,6 +113,8 @@ class PreparedCall:
         self.session_id = session_id
         self.correlation_id = correlation_id
         self.control = control
+        #: The call came pickled: its answer goes back pickled (exact types).
+        self.pickled = pickled
 
     def cancel(self) -> None:
         """Tell the tool (through ``ctx.cancelled``) that its caller gave up."""
@@ -100,8 +135,15 @@ class Invoker:
         link: OrchestratorLink | None,
         max_message_bytes: int,
         threads: int = 16,
+        pickles: bool = False,
     ) -> None:
+        """``pickles``: this worker was started with the runtime token, so what reaches it
+        comes from its own kernel and pickled calls may be unpickled."""
         self.table = table
+        self.pickles = pickles
+        self.functions = FunctionCache()
+        #: Runs pickled batches and lane calls in the calling thread.
+        self.direct = DirectRunner(self)
         self.runner = SyncRunner(loop, executor, threads)
         self.loop = loop
         self.executor = executor
@@ -167,16 +209,19 @@ class Invoker:
 
     def prepare(self, request: pb.ExecuteToolRequest, correlation_id: str = "") -> PreparedCall:
         """Find the tool and bind the request's arguments (raises NOT_FOUND / INVALID_ARGUMENT)."""
-        definition = self.table.get(request.tool_name)
         metadata = request.metadata
-        try:
-            arguments = decode_params(request.parameters, request.binary_parameters, metadata)
-        except InvalidArgumentError as exc:
-            raise InvalidArgumentError(f"tool {definition.name!r}: {exc}") from exc
-        kwargs = definition.bind(arguments)
         # It goes on as a gRPC header in callbacks to the kernel: refuse what cannot.
         correlation_id = check_correlation_id(metadata.get(CORRELATION_KEY, "") or correlation_id)
         control = CallControl()
+        if request.pickled:
+            definition, arguments = self._unpickle_call(request)
+        else:
+            definition = self.table.get(request.tool_name)
+            try:
+                arguments = decode_params(request.parameters, request.binary_parameters, metadata)
+            except InvalidArgumentError as exc:
+                raise InvalidArgumentError(f"tool {definition.name!r}: {exc}") from exc
+        kwargs = definition.bind(arguments)
         ctx: SessionContext | None = None
         if definition.ctx_param is not None or definition.stream is not StreamKind.NONE:
             ctx = self.make_context(
@@ -184,7 +229,55 @@ class Invoker:
             )
             if definition.ctx_param is not None:
                 kwargs[definition.ctx_param] = ctx
-        return PreparedCall(definition, kwargs, ctx, request.session_id, correlation_id, control)
+        return PreparedCall(
+            definition,
+            kwargs,
+            ctx,
+            request.session_id,
+            correlation_id,
+            control,
+            pickled=bool(request.pickled),
+        )
+
+    async def prepare_async(
+        self, request: pb.ExecuteToolRequest, correlation_id: str = ""
+    ) -> PreparedCall:
+        """:meth:`prepare`, in a thread when the arguments are big: the loop keeps answering
+        heartbeats while 100 MB are unpickled."""
+        if len(request.pickled) < OFF_LOOP_BYTES:
+            return self.prepare(request, correlation_id)
+        return await self.loop.run_in_executor(self.executor, self.prepare, request, correlation_id)
+
+    def _unpickle_call(
+        self, request: pb.ExecuteToolRequest
+    ) -> tuple[ToolDefinition, Mapping[str, object]]:
+        """The tool (or shipped function) and arguments of a pickled request."""
+        self.check_pickles("a pickled call")
+        ref, args, kwargs = unpack_inline(request.pickled, what="a call from the kernel")
+        if request.tool_name != FUNCTION_TOOL:
+            definition = self.table.get(request.tool_name)
+            if args:
+                raise InvalidArgumentError(
+                    f"tool {definition.name!r} takes its arguments by name; call it as "
+                    f"s.call({definition.name!r}, name=value, ...)"
+                )
+            return definition, kwargs
+        if not isinstance(ref, FunctionRef):
+            raise InvalidArgumentError("a function call arrived without its function")
+        func = self.functions.get(ref)
+        if func is None:
+            raise InvalidArgumentError(
+                f"function {ref.name!r} arrived without its body and is not cached here"
+            )
+        return function_definition(func, ref.name, args, kwargs), {}
+
+    def check_pickles(self, what: str) -> None:
+        """Refuse ``what`` unless this worker may unpickle (it holds the runtime token)."""
+        if not self.pickles:
+            raise InvalidArgumentError(
+                f"{what} reached a worker started without the runtime token (auth=False); "
+                "such a worker never unpickles: send JSON-friendly keyword arguments"
+            )
 
     # ------------------------------------------------------------------ unary calls
 
@@ -206,7 +299,7 @@ class Invoker:
             if definition.stream is not StreamKind.NONE:
                 ok, value = await self._collect_stream(call)
                 if ok:
-                    ok, value = await self._encode_off_loop(value)
+                    ok, value = await self._encode_off_loop(definition, value, call.pickled)
             elif definition.is_async:
                 try:
                     result = await definition.func(**call.kwargs)
@@ -214,23 +307,28 @@ class Invoker:
                     trim_traceback(exc)
                     ok, value = False, exc
                 else:
-                    ok, value = True, self._encode(definition, result)
+                    ok, value = await self._encode_off_loop(definition, result, call.pickled)
             else:
-                job = self.runner.submit(functools.partial(self._run_sync, definition, call.kwargs))
+                job = self.runner.submit(
+                    functools.partial(self._run_sync, definition, call.kwargs, call.pickled)
+                )
                 ok, value = await self._in_thread(job, call.control, queued=True)
         except asyncio.CancelledError:
             call.cancel()
             raise
         duration = time.perf_counter_ns() - started
         if ok:
-            any_value, binary = value
-            response = pb.ExecuteToolResponse(
-                success=True, result=any_value, execution_time_ms=duration // 1_000_000
-            )
+            any_value, binary, pickled = value
+            response = pb.ExecuteToolResponse(success=True, execution_time_ms=duration // 1_000_000)
+            if pickled:
+                response.pickled_result = pickled
+            else:
+                response.result.CopyFrom(any_value)
             if binary:
                 response.binary_result = binary
-            if len(binary) + any_value.ByteSize() > self.max_message_bytes:
-                raise self._too_large(definition, len(binary) + any_value.ByteSize())
+            size = len(binary) + len(pickled) + any_value.ByteSize()
+            if size > self.max_message_bytes:
+                raise self._too_large(definition, size)
             phase = "stop"
         else:
             if isinstance(value, UnsendableResultError):
@@ -257,7 +355,9 @@ class Invoker:
             )
         return response
 
-    def _run_sync(self, definition: ToolDefinition, kwargs: dict[str, object]) -> tuple[bool, Any]:
+    def _run_sync(
+        self, definition: ToolDefinition, kwargs: dict[str, object], pickled: bool
+    ) -> tuple[bool, Any]:
         # Runs in an executor thread: the call and the encoding, in one hop.
         try:
             result = definition.func(**kwargs)
@@ -265,26 +365,36 @@ class Invoker:
             trim_traceback(exc)
             return False, exc
         try:
-            return True, self._encode(definition, result)
+            return True, self._encode(definition, result, pickled)
         except UnsendableResultError as exc:
             return False, exc
 
-    def _encode(self, definition: ToolDefinition, value: object) -> tuple[PbAny, bytes]:
+    def _encode(self, definition: ToolDefinition, value: object, pickled: bool) -> Encoded:
+        """The result as JSON (``pickled=False``: the published bridge's form) or a pickle."""
+        if pickled:
+            try:
+                message = pickling.dumps(
+                    pickling.wrap_large([value])[0], what=f"the result of {definition.name!r}"
+                )
+            except InvalidArgumentError as exc:
+                raise UnsendableResultError(str(exc)) from exc
+            return Encoded(_EMPTY_ANY, b"", pack_inline(message))
         try:
-            return encode_any_with_binary(value)
+            any_value, binary = encode_any_with_binary(value)
         except InvalidArgumentError as exc:
             raise UnsendableResultError(
                 f"tool {definition.name!r} returned a value that cannot be sent: {exc}"
             ) from exc
+        return Encoded(any_value, binary, b"")
 
-    async def _encode_off_loop(self, value: object) -> tuple[bool, Any]:
+    async def _encode_off_loop(
+        self, definition: ToolDefinition, value: object, pickled: bool
+    ) -> tuple[bool, Any]:
         def job() -> tuple[bool, Any]:
             try:
-                return True, encode_any_with_binary(value)
-            except InvalidArgumentError as exc:
-                return False, UnsendableResultError(
-                    f"a streaming tool's chunks cannot be sent: {exc}"
-                )
+                return True, self._encode(definition, value, pickled)
+            except UnsendableResultError as exc:
+                return False, exc
 
         return await self.loop.run_in_executor(self.executor, job)
 
@@ -332,8 +442,14 @@ class Invoker:
 
     # ------------------------------------------------------------------ batches
 
-    async def run_batch(self, batch: pb.BatchCall) -> bytes:
-        """Run one tool over many argument sets; the codec JSON array of per-item results."""
+    async def run_batch(self, batch: pb.BatchCall) -> pb.BatchResult:
+        """Run one tool (or shipped function) over many items: a chunk of ``session.map``.
+
+        A pickled batch, ``(function_ref_or_None, items, style)``, is answered pickled
+        (``BatchResult.pickled``); a JSON one with the codec JSON array of per-item results.
+        """
+        if batch.pickled:
+            return await self._run_pickled_batch(batch)
         definition = self.table.get(batch.tool_name)
         try:
             items = decode_json(batch.arguments)
@@ -360,13 +476,19 @@ class Invoker:
             )
         try:
             if definition.is_async:
-                results = await self._run_async_items(definition, items, ctx)
+                results = await self.run_async_items(definition, items, ctx)
                 data = await self.loop.run_in_executor(
                     self.executor, self._encode_results, definition, results, batch.session_id
                 )
             else:
                 job = self.loop.run_in_executor(
-                    self.executor, self._run_sync_batch, definition, items, ctx, batch.session_id
+                    self.executor,
+                    self._run_sync_batch,
+                    definition,
+                    items,
+                    ctx,
+                    batch.session_id,
+                    control,
                 )
                 data = await self._in_thread(job, control)
         except asyncio.CancelledError:
@@ -383,7 +505,44 @@ class Invoker:
                 duration_ns=time.perf_counter_ns() - started,
                 count=len(items),
             )
-        return data
+        return pb.BatchResult(results=data)
+
+    async def _run_pickled_batch(self, batch: pb.BatchCall) -> pb.BatchResult:
+        self.check_pickles("a pickled map")
+        control = CallControl()
+        what = f"the results of map({batch.tool_name!r})"
+
+        def job() -> bytes:
+            # In an executor thread: unpickling, the items and the answer's pickle.
+            ref, items, style = unpack_inline(batch.pickled, what="a map from the kernel")
+            target: str | FunctionRef = ref if isinstance(ref, FunctionRef) else batch.tool_name
+            answer = self.direct.batch(
+                batch.session_id, target, items, style, batch.metadata, control=control
+            )
+            return pack_inline(pickle_answer(answer, what=what))
+
+        data = await self._in_thread(self.loop.run_in_executor(self.executor, job), control)
+        if len(data) > self.max_message_bytes:
+            raise ResourceExhaustedError(
+                f"{what} are {len(data)} bytes, over the {self.max_message_bytes} byte message "
+                "limit; map over smaller chunks (chunksize=) or return less data"
+            )
+        return pb.BatchResult(pickled=data)
+
+    def _run_sync_batch(
+        self,
+        definition: ToolDefinition,
+        items: list[object],
+        ctx: SessionContext,
+        session_id: str,
+        control: CallControl,
+    ) -> bytes:
+        # One executor hop for the whole batch: bind, call and collect every item, then encode.
+        _, values, errors = tool_items(definition, items, ctx, session_id, control)
+        results: list[list[object]] = [[True, value] for value in values]
+        for index, info in errors.items():
+            results[index] = [False, info]
+        return self._encode_results(definition, results, session_id)
 
     def _bind_item(
         self, definition: ToolDefinition, item: object, ctx: SessionContext
@@ -398,38 +557,7 @@ class Invoker:
             kwargs[definition.ctx_param] = ctx
         return kwargs
 
-    def _run_sync_batch(
-        self,
-        definition: ToolDefinition,
-        items: list[object],
-        ctx: SessionContext,
-        session_id: str,
-    ) -> bytes:
-        # One executor hop for the whole batch: bind, call and collect every item, then encode.
-        func = definition.func
-        collect = definition.stream is StreamKind.SYNC
-        results: list[list[object]] = []
-        append = results.append
-        for item in items:
-            if ctx.cancelled:
-                break
-            try:
-                kwargs = self._bind_item(definition, item, ctx)
-            except InvalidArgumentError as exc:
-                append([False, _argument_error_info(exc, definition.name, session_id)])
-                continue
-            try:
-                value = func(**kwargs)
-                if collect:
-                    value = list(value)
-            except BaseException as exc:
-                trim_traceback(exc)
-                append([False, error_info(exc, tool_name=definition.name, session_id=session_id)])
-                continue
-            append([True, value])
-        return self._encode_results(definition, results, session_id)
-
-    async def _run_async_items(
+    async def run_async_items(
         self, definition: ToolDefinition, items: list[object], ctx: SessionContext
     ) -> list[list[object]]:
         session_id = ctx.session_id
@@ -438,7 +566,7 @@ class Invoker:
             try:
                 kwargs = self._bind_item(definition, item, ctx)
             except InvalidArgumentError as exc:
-                return [False, _argument_error_info(exc, definition.name, session_id)]
+                return [False, argument_info(exc, definition.name, session_id)]
             try:
                 produced = definition.func(**kwargs)
                 if definition.stream is StreamKind.NONE:
@@ -476,24 +604,5 @@ class Invoker:
                 err = InvalidArgumentError(
                     f"tool {definition.name!r} returned a value that cannot be sent: {exc}"
                 )
-                entry[0], entry[1] = False, _argument_error_info(err, definition.name, session_id)
+                entry[0], entry[1] = False, argument_info(err, definition.name, session_id)
         return encode_json(results)
-
-
-def trim_traceback(exc: BaseException) -> None:
-    """Drop the worker's own dispatch frame, so the traceback starts in the tool's code."""
-    tb = exc.__traceback__
-    if (
-        tb is not None
-        and tb.tb_next is not None
-        and tb.tb_frame.f_globals.get("__name__", "").startswith("snakepit_nb.worker.")
-    ):
-        exc.__traceback__ = tb.tb_next
-
-
-def _argument_error_info(exc: BaseException, tool_name: str, session_id: str) -> dict[str, Any]:
-    info = error_info(exc, tool_name=tool_name, session_id=session_id)
-    # The traceback of the binding code says nothing to the user; the message says it all.
-    info["traceback"] = ""
-    info["context"]["code"] = "INVALID_ARGUMENT"
-    return info
