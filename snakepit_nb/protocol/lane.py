@@ -124,7 +124,7 @@ def pack_inline(message: Pickled) -> bytes:
     return b"".join(parts)
 
 
-def unpack_inline(data: bytes, *, what: str) -> Any:
+def unpack_inline(data: bytes | bytearray | memoryview, *, what: str) -> Any:
     """Unpickle a value made by :func:`pack_inline` (only from one of our own peers)."""
     try:
         stream, buffers = unpack_message(memoryview(data), [])

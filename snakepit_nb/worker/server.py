@@ -1,8 +1,9 @@
 """The worker process's gRPC server: the worker's half of BridgeService, and its life cycle.
 
-Served here: Ping, ExecuteTool, ExecuteStreamingTool, StreamTelemetry, CallChannel, DefineTool
-and DescribeTools. Everything else belongs to the orchestrator and answers UNIMPLEMENTED
-naming it. Every RPC passes the runtime-token interceptor.
+Served here: Ping, ExecuteTool, ExecuteStreamingTool, StreamTelemetry, CallChannel, DefineTool,
+DescribeTools, and PutBlob/TakeBlob (large pickled messages in pieces). Everything else belongs
+to the orchestrator and answers UNIMPLEMENTED naming it. Every RPC passes the runtime-token
+interceptor.
 
 Start-up order: load the adapter (and run its ``setup``), bind loopback (or a unix socket in
 the pool's private directory), ping the orchestrator until it answers, start serving, then write
@@ -225,6 +226,27 @@ class WorkerServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
 
     async def DefineTool(self, request: pb.DefineToolRequest, context: ServicerContext) -> Any:
         return await self.worker.define_tool(request)
+
+    async def PutBlob(
+        self, request_iterator: AsyncIterator[pb.BlobChunk], context: ServicerContext
+    ) -> Any:
+        invoker = self.worker.invoker
+        try:
+            invoker.check_pickles("a large pickled message")
+            return await invoker.blobs.put(request_iterator)
+        except SnakepitError as exc:
+            await abort(context, exc)
+            raise
+
+    async def TakeBlob(
+        self, request: pb.BlobRef, context: ServicerContext
+    ) -> AsyncIterator[pb.BlobChunk]:
+        try:
+            pieces = self.worker.invoker.blobs.pieces(request.blob_id)
+            async for piece in pieces:
+                yield piece
+        except SnakepitError as exc:
+            await abort(context, exc)
 
     async def DescribeTools(
         self, request: pb.DescribeToolsRequest, context: ServicerContext

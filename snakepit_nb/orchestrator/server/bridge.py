@@ -270,6 +270,12 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
     async def DescribeTools(self, request: pb.DescribeToolsRequest, context: Any) -> NoReturn:
         await _unimplemented(context, "DescribeTools")
 
+    async def PutBlob(self, request_iterator: Any, context: Any) -> NoReturn:
+        await _unimplemented(context, "PutBlob")
+
+    async def TakeBlob(self, request: pb.BlobRef, context: Any) -> NoReturn:
+        await _unimplemented(context, "TakeBlob")
+
 
 async def _unimplemented(context: Any, rpc: str) -> NoReturn:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, unimplemented_message(rpc, "workers"))

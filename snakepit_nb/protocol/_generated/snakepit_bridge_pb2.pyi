@@ -187,7 +187,7 @@ class ParameterSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ..., required: _Optional[bool] = ..., default_value: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., validation_json: _Optional[str] = ...) -> None: ...
 
 class ExecuteToolRequest(_message.Message):
-    __slots__ = ("session_id", "tool_name", "parameters", "metadata", "stream", "binary_parameters", "variables", "pickled")
+    __slots__ = ("session_id", "tool_name", "parameters", "metadata", "stream", "binary_parameters", "variables", "pickled", "pickled_blob")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +217,7 @@ class ExecuteToolRequest(_message.Message):
     BINARY_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     PICKLED_FIELD_NUMBER: _ClassVar[int]
+    PICKLED_BLOB_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     tool_name: str
     parameters: _containers.MessageMap[str, _any_pb2.Any]
@@ -225,10 +226,11 @@ class ExecuteToolRequest(_message.Message):
     binary_parameters: _containers.ScalarMap[str, bytes]
     variables: _containers.RepeatedCompositeFieldContainer[Variable]
     pickled: bytes
-    def __init__(self, session_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., parameters: _Optional[_Mapping[str, _any_pb2.Any]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., stream: _Optional[bool] = ..., binary_parameters: _Optional[_Mapping[str, bytes]] = ..., variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ..., pickled: _Optional[bytes] = ...) -> None: ...
+    pickled_blob: str
+    def __init__(self, session_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., parameters: _Optional[_Mapping[str, _any_pb2.Any]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., stream: _Optional[bool] = ..., binary_parameters: _Optional[_Mapping[str, bytes]] = ..., variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ..., pickled: _Optional[bytes] = ..., pickled_blob: _Optional[str] = ...) -> None: ...
 
 class ExecuteToolResponse(_message.Message):
-    __slots__ = ("success", "result", "error_message", "metadata", "execution_time_ms", "binary_result", "pickled_result")
+    __slots__ = ("success", "result", "error_message", "metadata", "execution_time_ms", "binary_result", "pickled_result", "pickled_result_blob")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +245,7 @@ class ExecuteToolResponse(_message.Message):
     EXECUTION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     BINARY_RESULT_FIELD_NUMBER: _ClassVar[int]
     PICKLED_RESULT_FIELD_NUMBER: _ClassVar[int]
+    PICKLED_RESULT_BLOB_FIELD_NUMBER: _ClassVar[int]
     success: bool
     result: _any_pb2.Any
     error_message: str
@@ -250,7 +253,8 @@ class ExecuteToolResponse(_message.Message):
     execution_time_ms: int
     binary_result: bytes
     pickled_result: bytes
-    def __init__(self, success: _Optional[bool] = ..., result: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., error_message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., execution_time_ms: _Optional[int] = ..., binary_result: _Optional[bytes] = ..., pickled_result: _Optional[bytes] = ...) -> None: ...
+    pickled_result_blob: str
+    def __init__(self, success: _Optional[bool] = ..., result: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., error_message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., execution_time_ms: _Optional[int] = ..., binary_result: _Optional[bytes] = ..., pickled_result: _Optional[bytes] = ..., pickled_result_blob: _Optional[str] = ...) -> None: ...
 
 class ToolChunk(_message.Message):
     __slots__ = ("chunk_id", "data", "is_final", "metadata", "batch", "batch_count", "pickled_batch")
@@ -1010,3 +1014,19 @@ class DescribeToolsResponse(_message.Message):
     adapter: str
     lane: str
     def __init__(self, tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ..., worker_id: _Optional[str] = ..., pid: _Optional[int] = ..., adapter: _Optional[str] = ..., lane: _Optional[str] = ...) -> None: ...
+
+class BlobChunk(_message.Message):
+    __slots__ = ("data", "total_bytes")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    total_bytes: int
+    def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class BlobRef(_message.Message):
+    __slots__ = ("blob_id", "size")
+    BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    blob_id: str
+    size: int
+    def __init__(self, blob_id: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...

@@ -169,6 +169,16 @@ class BridgeServiceStub:
                 request_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.DescribeToolsRequest.SerializeToString,
                 response_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.DescribeToolsResponse.FromString,
                 _registered_method=True)
+        self.PutBlob = channel.stream_unary(
+                '/snakepit.bridge.BridgeService/PutBlob',
+                request_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobChunk.SerializeToString,
+                response_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobRef.FromString,
+                _registered_method=True)
+        self.TakeBlob = channel.unary_stream(
+                '/snakepit.bridge.BridgeService/TakeBlob',
+                request_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobRef.SerializeToString,
+                response_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobChunk.FromString,
+                _registered_method=True)
 
 
 class BridgeServiceServicer:
@@ -348,6 +358,21 @@ class BridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutBlob(self, request_iterator, context):
+        """Large pickled messages in pieces, to and from our own workers that have no lane (a worker
+        on another machine): the kernel uploads a call's arguments before the call and takes a
+        large result after it (docs/protocol.md, "Large messages over gRPC").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TakeBlob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -485,6 +510,16 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.DescribeTools,
                     request_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.DescribeToolsRequest.FromString,
                     response_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.DescribeToolsResponse.SerializeToString,
+            ),
+            'PutBlob': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutBlob,
+                    request_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobChunk.FromString,
+                    response_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobRef.SerializeToString,
+            ),
+            'TakeBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.TakeBlob,
+                    request_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobRef.FromString,
+                    response_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1216,6 +1251,60 @@ class BridgeService:
             '/snakepit.bridge.BridgeService/DescribeTools',
             snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.DescribeToolsRequest.SerializeToString,
             snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.DescribeToolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutBlob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/snakepit.bridge.BridgeService/PutBlob',
+            snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobChunk.SerializeToString,
+            snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TakeBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/snakepit.bridge.BridgeService/TakeBlob',
+            snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobRef.SerializeToString,
+            snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobChunk.FromString,
             options,
             channel_credentials,
             insecure,

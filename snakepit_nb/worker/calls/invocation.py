@@ -49,6 +49,7 @@ from snakepit_nb.worker.calls.batches import (
     tool_items,
     trim_traceback,
 )
+from snakepit_nb.worker.calls.blobs import BlobStore
 from snakepit_nb.worker.calls.direct import DirectRunner
 from snakepit_nb.worker.calls.functions import FunctionCache, function_definition
 from snakepit_nb.worker.calls.runner import SyncRunner
@@ -64,6 +65,8 @@ CORRELATION_HEADER = "x-snakepit-correlation-id"
 _ASYNC_BATCH_CONCURRENCY = 256
 # Pickled arguments at least this large are unpickled off the loop thread.
 OFF_LOOP_BYTES = 256 * 1024
+# Pickled results larger than this are kept as blobs, taken by the kernel in pieces.
+BLOB_THRESHOLD = 4 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -142,6 +145,8 @@ class Invoker:
         self.table = table
         self.pickles = pickles
         self.functions = FunctionCache()
+        #: Large pickled messages of calls over gRPC (workers without a lane).
+        self.blobs = BlobStore(piece=max(1024, min(1024 * 1024, max_message_bytes // 2)))
         #: Runs pickled batches and lane calls in the calling thread.
         self.direct = DirectRunner(self)
         self.runner = SyncRunner(loop, executor, threads)
@@ -213,8 +218,12 @@ class Invoker:
         # It goes on as a gRPC header in callbacks to the kernel: refuse what cannot.
         correlation_id = check_correlation_id(metadata.get(CORRELATION_KEY, "") or correlation_id)
         control = CallControl()
-        if request.pickled:
-            definition, arguments = self._unpickle_call(request)
+        if request.pickled_blob:
+            self.check_pickles("a pickled call")
+            packed = self.blobs.take(request.pickled_blob)
+            definition, arguments = self._unpickle_call(request, packed)
+        elif request.pickled:
+            definition, arguments = self._unpickle_call(request, request.pickled)
         else:
             definition = self.table.get(request.tool_name)
             try:
@@ -236,7 +245,7 @@ class Invoker:
             request.session_id,
             correlation_id,
             control,
-            pickled=bool(request.pickled),
+            pickled=bool(request.pickled or request.pickled_blob),
         )
 
     async def prepare_async(
@@ -244,16 +253,16 @@ class Invoker:
     ) -> PreparedCall:
         """:meth:`prepare`, in a thread when the arguments are big: the loop keeps answering
         heartbeats while 100 MB are unpickled."""
-        if len(request.pickled) < OFF_LOOP_BYTES:
+        if len(request.pickled) < OFF_LOOP_BYTES and not request.pickled_blob:
             return self.prepare(request, correlation_id)
         return await self.loop.run_in_executor(self.executor, self.prepare, request, correlation_id)
 
     def _unpickle_call(
-        self, request: pb.ExecuteToolRequest
+        self, request: pb.ExecuteToolRequest, packed: bytes | bytearray
     ) -> tuple[ToolDefinition, Mapping[str, object]]:
         """The tool (or shipped function) and arguments of a pickled request."""
         self.check_pickles("a pickled call")
-        ref, args, kwargs = unpack_inline(request.pickled, what="a call from the kernel")
+        ref, args, kwargs = unpack_inline(packed, what="a call from the kernel")
         if request.tool_name != FUNCTION_TOOL:
             definition = self.table.get(request.tool_name)
             if args:
@@ -320,13 +329,16 @@ class Invoker:
         if ok:
             any_value, binary, pickled = value
             response = pb.ExecuteToolResponse(success=True, execution_time_ms=duration // 1_000_000)
-            if pickled:
+            if len(pickled) > min(BLOB_THRESHOLD, self.max_message_bytes // 2):
+                # Too large for one message: kept for the kernel to take in pieces.
+                response.pickled_result_blob = self.blobs.keep(pickled)
+            elif pickled:
                 response.pickled_result = pickled
             else:
                 response.result.CopyFrom(any_value)
             if binary:
                 response.binary_result = binary
-            size = len(binary) + len(pickled) + any_value.ByteSize()
+            size = len(binary) + len(response.pickled_result) + any_value.ByteSize()
             if size > self.max_message_bytes:
                 raise self._too_large(definition, size)
             phase = "stop"

@@ -45,8 +45,11 @@ def build_request(  # noqa: PLR0917
     variables: Sequence[pb.Variable],
     *,
     pickles: bool,
+    packed: bytes | None = None,
 ) -> pb.ExecuteToolRequest:
-    """The request for one call; ``pickles``: the worker is ours and the channel checked."""
+    """The request for one call; ``pickles``: the worker is ours and the channel checked.
+
+    ``packed``: the call's :func:`dumps_call`, packed already (by a thread, when large)."""
     tool = target if isinstance(target, str) else FUNCTION_TOOL
     if not isinstance(kwargs, Mapping):
         raise InvalidArgumentError(
@@ -59,7 +62,9 @@ def build_request(  # noqa: PLR0917
     if variables:
         request.variables.extend(variables)
     if pickles:
-        request.pickled = pack_inline(dumps_call(target, args, kwargs))
+        request.pickled = (
+            packed if packed is not None else pack_inline(dumps_call(target, args, kwargs))
+        )
         return request
     if not isinstance(target, str) or args:
         what = "a Python function" if not isinstance(target, str) else "positional arguments"
@@ -116,6 +121,11 @@ def _refuse(kwargs: Mapping[str, Any]) -> None:
 
 def decode_result(response: pb.ExecuteToolResponse, *, pickles: bool, tool: str) -> Any:
     """The value of a successful answer (pickled only from our own workers)."""
+    if response.pickled_result_blob:
+        raise ProtocolError(
+            f"a worker answered {tool!r} with a blob, which only the kernel's own workers may "
+            "send; nothing was taken"
+        )
     if response.pickled_result:
         if not pickles:
             raise ProtocolError(

@@ -10,6 +10,7 @@ the tool stopped.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,16 +19,21 @@ import grpc
 import grpc.aio
 
 from snakepit_nb._errors import ClosedError, ProtocolError
+from snakepit_nb.orchestrator.pool.calls import blobs
 from snakepit_nb.orchestrator.pool.calls.direct import NOT_DIRECT, Target, lane_call, target_name
-from snakepit_nb.orchestrator.pool.calls.requests import build_request, decode_result
+from snakepit_nb.orchestrator.pool.calls.requests import build_request, decode_result, dumps_call
 from snakepit_nb.orchestrator.pool.channel import ChannelBrokenError
 from snakepit_nb.orchestrator.pool.handle import WorkerGone, WorkerHandle
 from snakepit_nb.orchestrator.pool.host import PoolHost
 from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.codec import remote_error_from_payload
+from snakepit_nb.protocol.lane import pack_inline, unpack_inline
 from snakepit_nb.protocol.status import error_from_call_error, map_rpc_error
 
 __all__ = ["call_once", "channel_call", "plain_call", "remaining"]
+
+# Pickled arguments larger than this are packed in a thread, off the loop.
+OFF_LOOP_BYTES = 256 * 1024
 
 
 class NotSent(Exception):
@@ -77,6 +83,51 @@ class Call:
             self._payload = self.request().SerializeToString()
         return self._payload
 
+    async def prepare(self, executor: concurrent.futures.Executor) -> None:
+        """Build the request; a large pickled one is packed in ``executor``, off the loop."""
+        if self._request is not None or not self.pickles:
+            return
+        message = dumps_call(self.target, self.args, self.kwargs)  # buffers stay out of band
+        if message.nbytes > OFF_LOOP_BYTES:
+            packed = await asyncio.get_running_loop().run_in_executor(
+                executor, pack_inline, message
+            )
+        else:
+            packed = pack_inline(message)
+        self._request = build_request(
+            self.session_id,
+            self.target,
+            self.args,
+            self.kwargs,
+            self.metadata,
+            self.variables,
+            pickles=True,
+            packed=packed,
+        )
+
+    async def payload_for(
+        self, host: PoolHost, handle: WorkerHandle, deadline: float | None
+    ) -> bytes:
+        """The serialised request for ``handle``'s worker: arguments too large for one message
+        are uploaded to it first (a blob), and the request names them."""
+        await self.prepare(host.lane_executor)
+        request = self.request()
+        if len(request.pickled) <= blobs.threshold(host.config.max_message_bytes):
+            return self.payload()
+        assert handle.stub is not None
+        blob_id = await blobs.upload(
+            handle.stub,
+            request.pickled,
+            metadata=host.metadata,
+            timeout=remaining(deadline),
+            max_message_bytes=host.config.max_message_bytes,
+        )
+        small = pb.ExecuteToolRequest()
+        small.CopyFrom(request)
+        small.pickled = b""
+        small.pickled_blob = blob_id
+        return small.SerializeToString()
+
 
 async def call_once(host: PoolHost, call: Call, affinity: str, deadline: float | None) -> object:
     """One attempt of ``call`` on a worker: over its lane, its call channel, or a plain RPC."""
@@ -103,8 +154,20 @@ async def call_once(host: PoolHost, call: Call, affinity: str, deadline: float |
                 return result
         elif handle.call_channel is not None:
             try:
+                payload = await call.payload_for(host, handle, deadline)
+            except grpc.aio.AioRpcError as exc:
+                # The upload failed: the call never ran.
+                host.settle(handle, calls=0, is_async=is_async)
+                reason = await host.gone_reason(handle, wait=1.0)
+                if reason is not None:
+                    raise reason.error_for(tool) from None
+                raise map_rpc_error(exc) from exc
+            except BaseException:
+                host.settle(handle, calls=0, is_async=is_async)
+                raise
+            try:
                 return await channel_call(
-                    host, handle, tool, session_id, call.payload(), deadline, is_async=is_async
+                    host, handle, tool, session_id, payload, deadline, is_async=is_async
                 )
             except NotSent:
                 pass
@@ -165,6 +228,8 @@ async def channel_call(  # noqa: PLR0917
     kind = message.WhichOneof("body")
     if kind == "response":
         response = message.response
+        if response.success and response.pickled_result_blob and host.pickles:
+            return await _take_result(host, handle, tool, response, deadline, is_async=is_async)
         if response.success:
             host.settle(handle, is_async=is_async)
             return decode_result(response, pickles=host.pickles, tool=tool)
@@ -182,6 +247,37 @@ async def channel_call(  # noqa: PLR0917
         f"worker {handle.worker_id} answered a call with a {kind!r} message; the worker "
         "and the orchestrator disagree on the call channel contract"
     )
+
+
+async def _take_result(
+    host: PoolHost,
+    handle: WorkerHandle,
+    tool: str,
+    response: pb.ExecuteToolResponse,
+    deadline: float | None,
+    *,
+    is_async: bool,
+) -> object:
+    """A result the worker kept as a blob: taken in pieces, then unpickled."""
+    assert handle.stub is not None
+    try:
+        packed = await blobs.take(
+            handle.stub,
+            response.pickled_result_blob,
+            metadata=host.metadata,
+            timeout=remaining(deadline),
+        )
+    except grpc.aio.AioRpcError as exc:
+        host.settle(handle, errors=1, is_async=is_async)
+        reason = await host.gone_reason(handle, wait=1.0)
+        if reason is not None:
+            raise reason.error_for(tool) from None
+        raise map_rpc_error(exc) from exc
+    except BaseException:
+        host.settle(handle, errors=1, is_async=is_async)
+        raise
+    host.settle(handle, is_async=is_async)
+    return unpack_inline(packed, what=f"the result of {tool!r}")
 
 
 def _settle_cancelled(
