@@ -209,8 +209,10 @@ class Stream:
                 pass
         return self._inner.result
 
-    def __iter__(self) -> Stream:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        # The generator itself: a ``for`` loop then takes chunks straight from its
+        # ``yield from`` of each batch, without a Python call per chunk.
+        return self._iter
 
     def collect(self) -> list[Any]:
         """Read to the end; returns every chunk (``result`` is set afterwards)."""

@@ -59,18 +59,15 @@ class _Stopped(Exception):
 
 
 def _estimate(value: object) -> int:
-    """A cheap guess of a chunk's encoded size, for the 64 KiB flush rule."""
-    if isinstance(value, str | bytes | bytearray):
-        return len(value)
-    if isinstance(value, dict):
-        total = 16
-        for k, v in value.items():
-            total += (len(k) if isinstance(k, str) else 8) + (len(v) if isinstance(v, str) else 12)
-        return total
-    if isinstance(value, list | tuple):
-        return 8 + 12 * len(value)
+    """A cheap guess of a chunk's encoded size, for the 64 KiB flush rule (O(1): containers
+    count by length; a batch that turns out too big is split when encoded)."""
+    cls = type(value)
+    if cls is str or cls is bytes or cls is bytearray:
+        return len(value)  # type: ignore[arg-type]
+    if cls is dict or cls is list or cls is tuple:
+        return 16 + 24 * len(value)  # type: ignore[arg-type]
     nbytes = getattr(value, "nbytes", None)
-    return nbytes if isinstance(nbytes, int) else 16
+    return nbytes if type(nbytes) is int else 16
 
 
 class ChunkBuffer:
@@ -98,26 +95,32 @@ class ChunkBuffer:
     # ------------------------------------------------------------------ producer side
 
     def _append_locked(self, value: object) -> bool:
-        """Add a chunk; True when the consumer must be woken."""
+        """Add a chunk; True when the consumer must be woken. The per-chunk work is kept to a
+        few attribute reads: the time rule is checked every 64 chunks here (and by the
+        consumer's timer, which seals a batch that waited FLUSH_INTERVAL)."""
         if self.stopped:
             raise _Stopped
         pending = self._pending
         pending.append(value)
         self.chunks += 1
-        if len(pending) == 1:
+        n = len(pending)
+        if n == 1:
             self._pending_since = time.monotonic()
-            self._pending_bytes = 0
-        self._pending_bytes += _estimate(value)
+            self._pending_bytes = _estimate(value)
+            if not self._flushed_first:
+                self._seal_locked()
+                return self._take_waiter_locked()
+            # A first unflushed chunk: the consumer arms its 10 ms timer.
+            return self._take_waiter_locked()
+        size = self._pending_bytes = self._pending_bytes + _estimate(value)
         if (
-            not self._flushed_first
-            or len(pending) >= self._count_limit
-            or self._pending_bytes >= FLUSH_BYTES
-            or time.monotonic() - self._pending_since >= FLUSH_INTERVAL
+            n >= self._count_limit
+            or size >= FLUSH_BYTES
+            or (not n & 63 and time.monotonic() - self._pending_since >= FLUSH_INTERVAL)
         ):
             self._seal_locked()
             return self._take_waiter_locked()
-        # A first unflushed chunk: the consumer arms its 10 ms timer.
-        return len(pending) == 1 and self._take_waiter_locked()
+        return False
 
     def _seal_locked(self) -> None:
         if self._pending:
@@ -148,22 +151,46 @@ class ChunkBuffer:
         if wake:
             self._wake_consumer()
 
-    async def apush(self, value: object) -> None:
-        """Add a chunk from a producer on the loop; waits while the buffer is full."""
+    def push_on_loop(self, value: object) -> bool:
+        """Add a chunk from a producer on the loop; True when a batch was sealed, and the
+        producer must then ``await settle()`` (a plain call per chunk, no coroutine)."""
+        pending = self._pending
+        n = len(pending) + 1
+        if n > 1 and not self.stopped:
+            # The common case, a batch open and not full: only this thread (the loop, which
+            # the consumer shares) touches the buffer now, so no lock and no bookkeeping.
+            size = self._pending_bytes + _estimate(value)
+            if (
+                n < self._count_limit
+                and size < FLUSH_BYTES
+                and (n & 63 or time.monotonic() - self._pending_since < FLUSH_INTERVAL)
+            ):
+                pending.append(value)
+                self._pending_bytes = size
+                self.chunks += 1
+                return False
+        ready = self._ready
         with self._lock:
-            sealed_before = len(self._ready)
+            sealed_before = len(ready)
             wake = self._append_locked(value)
-            sealed = len(self._ready) > sealed_before
         if wake:
             self._wake.set()
-        if sealed:
-            # Let the writer send what is ready (first-chunk latency; fairness with the loop).
-            await asyncio.sleep(0)
+        return len(ready) > sealed_before
+
+    async def settle(self) -> None:
+        """After a sealed batch: let the writer send it, and wait while the buffer is full."""
+        # Yielding here keeps the first chunk's latency low and the loop fair.
+        await asyncio.sleep(0)
         while len(self._ready) >= MAX_BUFFERED_MESSAGES and not self.stopped:
             self._aspace.clear()
             await self._aspace.wait()
         if self.stopped:
             raise _Stopped
+
+    async def apush(self, value: object) -> None:
+        """Add a chunk from a producer on the loop; waits while the buffer is full."""
+        if self.push_on_loop(value):
+            await self.settle()
 
     def finish(self, result: tuple[bool, object], error: BaseException | None = None) -> None:
         """The producer is done (``error`` if the tool raised)."""
@@ -261,8 +288,10 @@ async def _drive_async(buffer: ChunkBuffer, call: PreparedCall) -> None:
                 f"{type(produced).__name__}, not an async iterator"
             )
         agen = produced
+        push = buffer.push_on_loop
         async for value in agen:
-            await buffer.apush(value)
+            if push(value):
+                await buffer.settle()
         buffer.finish(call.control.take_result())
     except _Stopped:
         pass
