@@ -42,13 +42,16 @@ check: lint typecheck stubs-check
 
 # Side-by-side benchmarks (JSON); the full run updates benchmarks/results/.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_calls.py
+	$(BIN)/python benchmarks/bench_data.py > /dev/null
+	$(BIN)/python benchmarks/bench_calls.py > /dev/null
 	$(BIN)/python benchmarks/bench_variables.py > benchmarks/results/bench_variables.json
 	$(BIN)/python benchmarks/bench_codec.py > benchmarks/results/bench_codec.json
+	$(BIN)/python scripts/bench_table.py --write
 
 # A smoke run of the same benchmarks (under a minute); results go to $(ARTIFACTS)/.
 bench-quick: $(STAMP)
 	mkdir -p $(ARTIFACTS)
+	$(BIN)/python benchmarks/bench_data.py --quick --no-ipyparallel --out $(ARTIFACTS)/bench_data.json > /dev/null
 	$(BIN)/python benchmarks/bench_calls.py --quick --no-ipyparallel --out $(ARTIFACTS)/bench_calls.json > /dev/null
 	$(BIN)/python benchmarks/bench_variables.py --n 300 --seconds 1 > $(ARTIFACTS)/bench_variables.json
 	@echo "benchmark smoke results are in $(ARTIFACTS)/"

@@ -6,7 +6,10 @@ ratios, never absolute numbers across runs.
 ``python benchmarks/harness.py serve --port-file PATH`` runs the raw baseline server: a
 ``grpc.aio`` server on 127.0.0.1 with a bytes-in/bytes-out unary ``/bench.Raw/Echo`` and a
 server-streaming ``/bench.Raw/Stream`` (request: ASCII ``"<count>"``, answers ``count``
-messages of 64 bytes, one chunk per message).
+messages of 64 bytes, one chunk per message) and a server-streaming ``/bench.Raw/StreamBatched``
+(request: ASCII ``"<count>"``; answers ``count`` small dicts ``{"i": i, "progress": f}`` taken
+from an async generator like the showcase ``count`` tool's, as JSON arrays of ``BATCH`` chunks
+per message: the batching snakepit_nb's workers apply to streams).
 """
 
 from __future__ import annotations
@@ -31,6 +34,22 @@ import grpc
 import grpc.aio
 
 CHUNK = b"x" * 64
+#: Chunks per message of the batched raw stream (the workers' flush count).
+BATCH = 1000
+
+try:
+    import orjson
+
+    def dumps(value: Any) -> bytes:
+        return orjson.dumps(value)
+
+    loads = orjson.loads
+except ImportError:  # pragma: no cover - orjson is a dependency
+
+    def dumps(value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    loads = json.loads
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -95,6 +114,7 @@ class Report:
         text = json.dumps(self.data, indent=2)
         print(text)
         if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text + "\n")
 
 
@@ -108,6 +128,24 @@ async def _echo(request: bytes, context: Any) -> bytes:
 async def _stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
     for _ in range(int(request or b"1")):
         yield CHUNK
+
+
+async def _count(n: int) -> AsyncIterator[dict[str, Any]]:
+    """The body of the showcase ``count`` tool: one small dict at a time."""
+    for i in range(n):
+        yield {"i": i, "progress": (i + 1) / n}
+
+
+async def _stream_batched(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    # The same source as the tool (an async generator of dicts), sent BATCH chunks per message.
+    batch: list[dict[str, Any]] = []
+    async for chunk in _count(int(request or b"1")):
+        batch.append(chunk)
+        if len(batch) == BATCH:
+            yield dumps(batch)
+            batch = []
+    if batch:
+        yield dumps(batch)
 
 
 def _identity(data: bytes) -> bytes:
@@ -124,6 +162,9 @@ async def _serve(port_file: str) -> None:
             ),
             "Stream": grpc.unary_stream_rpc_method_handler(
                 _stream, request_deserializer=_identity, response_serializer=_identity
+            ),
+            "StreamBatched": grpc.unary_stream_rpc_method_handler(
+                _stream_batched, request_deserializer=_identity, response_serializer=_identity
             ),
         },
     )

@@ -137,8 +137,7 @@ class AsyncStream:
                     self._done = True
                     self._source = None
                     return None
-                if batch:
-                    batch = list(batch)
+                if batch:  # a fresh list from the decoder: no copy needed
                     self._chunks.extend(batch)
                     return batch
         except BaseException:

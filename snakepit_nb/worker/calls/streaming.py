@@ -402,8 +402,9 @@ class StreamRun:
         values: list[object],
         limit: int,
     ) -> T:
-        # Small batches are encoded right here; big ones in a thread (the loop answers heartbeats).
-        if sum(map(_estimate, values)) < OFF_LOOP_BYTES:
+        # Small batches are encoded right here, big ones in a thread (heartbeats go on). A
+        # batch is sealed once it reaches FLUSH_BYTES, so only its last chunk can make it big.
+        if values and _estimate(values[-1]) + FLUSH_BYTES < OFF_LOOP_BYTES:
             return encode(name, values, limit)
         return await self.invoker.loop.run_in_executor(
             self.invoker.executor, encode, name, values, limit
