@@ -65,6 +65,15 @@ def check_quickstart(nb: Any, states: dict[str, dict[str, Any]]) -> None:
     value_cell = next(c for c in nb.cells if c.source.startswith("h.value"))
     kernel_value = value_cell.outputs[0]["data"]["text/plain"]
     assert kernel_value.startswith(f"({shown}, 200,")
+    # The notebook's own class and function ran in a worker; 100 MB came back as a view.
+    norm_cell = next(c for c in nb.cells if c.source.rstrip().endswith("s.call(norm, Point(3, 4))"))
+    assert norm_cell.outputs[0]["data"]["text/plain"] == "5.0"
+    swapped = next(c for c in nb.cells if c.source.startswith("s.map(lambda p: Point"))
+    assert swapped.outputs[0]["data"]["text/plain"] == (
+        "[Point(x=10, y=0), Point(x=10, y=1), Point(x=10, y=2)]"
+    )
+    big_cell = next(c for c in nb.cells if c.source.startswith("big = "))
+    assert big_cell.outputs[0]["data"]["text/plain"] == "(100000000, True, False)"
     # The watch table shows the worker's write of `counter` and the notebook's temperature.
     (table,) = with_class(states, "snakepit-watch-table")
     counter = re.search(r'data-var="counter"><code[^>]*>(.*?)</code>', table["value"])
