@@ -158,10 +158,7 @@ async def call_once(host: PoolHost, call: Call, affinity: str, deadline: float |
             except grpc.aio.AioRpcError as exc:
                 # The upload failed: the call never ran.
                 host.settle(handle, calls=0, is_async=is_async)
-                reason = await host.gone_reason(handle, wait=1.0)
-                if reason is not None:
-                    raise reason.error_for(tool) from None
-                raise map_rpc_error(exc) from exc
+                raise await _blob_error(host, handle, tool, exc) from exc
             except BaseException:
                 host.settle(handle, calls=0, is_async=is_async)
                 raise
@@ -269,15 +266,22 @@ async def _take_result(
         )
     except grpc.aio.AioRpcError as exc:
         host.settle(handle, errors=1, is_async=is_async)
-        reason = await host.gone_reason(handle, wait=1.0)
-        if reason is not None:
-            raise reason.error_for(tool) from None
-        raise map_rpc_error(exc) from exc
+        raise await _blob_error(host, handle, tool, exc) from exc
     except BaseException:
         host.settle(handle, errors=1, is_async=is_async)
         raise
     host.settle(handle, is_async=is_async)
     return unpack_inline(packed, what=f"the result of {tool!r}")
+
+
+async def _blob_error(
+    host: PoolHost, handle: WorkerHandle, tool: str, exc: grpc.aio.AioRpcError
+) -> Exception:
+    """The error of a failed PutBlob/TakeBlob: the worker's end if it is gone, else the RPC's."""
+    reason = await host.gone_reason(handle, wait=1.0)
+    if reason is not None:
+        return reason.error_for(tool)
+    return map_rpc_error(exc)
 
 
 def _settle_cancelled(
