@@ -102,7 +102,6 @@ class ChunkBuffer:
             raise _Stopped
         pending = self._pending
         pending.append(value)
-        self.chunks += 1
         n = len(pending)
         if n == 1:
             self._pending_since = time.monotonic()
@@ -124,6 +123,7 @@ class ChunkBuffer:
 
     def _seal_locked(self) -> None:
         if self._pending:
+            self.chunks += len(self._pending)
             self._ready.append(self._pending)
             self._pending = []
             self._flushed_first = True
@@ -159,7 +159,11 @@ class ChunkBuffer:
         if n > 1 and not self.stopped:
             # The common case, a batch open and not full: only this thread (the loop, which
             # the consumer shares) touches the buffer now, so no lock and no bookkeeping.
-            size = self._pending_bytes + _estimate(value)
+            cls = type(value)
+            if cls is dict or cls is list or cls is tuple:  # _estimate, inlined
+                size = self._pending_bytes + 16 + 24 * len(value)  # type: ignore[arg-type]
+            else:
+                size = self._pending_bytes + _estimate(value)
             if (
                 n < self._count_limit
                 and size < FLUSH_BYTES
@@ -167,7 +171,6 @@ class ChunkBuffer:
             ):
                 pending.append(value)
                 self._pending_bytes = size
-                self.chunks += 1
                 return False
         ready = self._ready
         with self._lock:
@@ -451,7 +454,11 @@ def _pickle_batch(
     name: str, values: list[object], limit: int, what: str = "a chunk"
 ) -> list[tuple[bytes, int]]:
     """Pickle a batch (for a pickled call: exact types), split in halves while too big."""
-    data = pack_inline(pickling.dumps(pickling.wrap_large(values), what=f"{what} of {name!r}"))
+    # A batch is sealed by a chunk of FLUSH_BYTES or more, so only its last chunk can be a
+    # large bytes value worth sending out of band: the others are not looked at.
+    if values and _estimate(values[-1]) >= pickling.OOB_THRESHOLD:
+        values = [*values[:-1], *pickling.wrap_large(values[-1:])]
+    data = pack_inline(pickling.dumps(values, what=f"{what} of {name!r}"))
     if len(data) <= _SPLIT_BYTES or len(values) == 1:
         if len(data) > limit - 1024:
             raise ResourceExhaustedError(
