@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,6 +15,13 @@ import pytest
 
 # The helpers and adapters of tests/support are imported by name, from tests at any depth.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
+# DSPy's response cache, for this process and every worker and kernel it starts (they inherit
+# the environment): a folder of the test run, never the user's own cache.
+if "DSPY_CACHEDIR" not in os.environ:
+    _dspy_cache = tempfile.mkdtemp(prefix="snakepit-tests-dspy-cache-")
+    os.environ["DSPY_CACHEDIR"] = _dspy_cache
+    atexit.register(shutil.rmtree, _dspy_cache, True)
 
 T = TypeVar("T")
 

@@ -340,6 +340,24 @@ class SnakepitMagics(Magics):
             return variables.rollback(names[0], version)
         return self._var_watch(session, names)
 
+    def _cmd_dspy(self, args: Any, _: dict[str, Any]) -> Any:
+        from snakepit_nb.adapters.dspy.kernel.client import DSPy
+
+        ns = self.ns
+        session = self.rt.session(
+            expand_word(args.session, ns) if args.session else None, announce=self._say
+        )
+        d = DSPy(session)
+        if args.action == "programs":
+            return d.programs()
+        if args.action == "cache":
+            return d.cache_info()
+        if not args.program:
+            raise UsageError(f"dspy history takes PROGRAM\n{parsers.usage(parsers.dspy)}")
+        if args.last < 1:
+            raise UsageError("-n/--last must be at least 1")
+        return d.history(expand_word(args.program, ns), args.last)
+
     def _var_set(self, variables: Any, name: str, value: Any, args: Any) -> Any:
         constraints: dict[str, Any] = {}
         for key, text in (("min", args.vmin), ("max", args.vmax)):

@@ -116,6 +116,16 @@ def var(**_: Any) -> None:
     """Session variables: set, get, list, del, history, rollback, watch (a live table)."""
 
 
+@_named("%snakepit dspy")
+@magic_arguments()
+@argument("action", choices=["history", "programs", "cache"])
+@argument("program", nargs="?", help="history: the DSPy program's name")
+@argument("-n", "--last", type=int, default=1, help="history: the last N model calls (default 1)")
+@argument("-s", "--session", help="session id (default: the current session)")
+def dspy(**_: Any) -> None:
+    """DSPy programs: a program's model calls (history), the programs, the shared cache."""
+
+
 @_named("%snakepit wait")
 @magic_arguments()
 @argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
@@ -144,6 +154,7 @@ SUBCOMMANDS: dict[str, Stub] = {
     "call": call,
     "stream": stream,
     "var": var,
+    "dspy": dspy,
     "wait": wait,
 }
 

@@ -48,5 +48,8 @@ def test_dspy_notebook_runs_and_shows_the_workflow(tmp_path: Path) -> None:
     assert "after: 'LIMA'" in text
     assert "exact match before: " in text
     assert "t=1.6:" in text
+    assert "snakepit-dspy-history" in text  # the history view (HTML)
+    assert "User message:" in text  # and its text form, from %snakepit dspy history
+    assert "the repeated call sent 0 new request(s)" in text  # the shared cache, over HTTP
     assert "'network_guard': True" in text  # the workers really ran with the guard armed
     assert not log.exists(), log.read_text()

@@ -132,6 +132,12 @@ def test_usage_errors_carry_the_usage_line(running: InteractiveShell):
         magic(ip, "call add a=1 a=2 b=3")
     with pytest.raises(UsageError, match="%snakepit SUBCOMMAND"):
         magic(ip, "")
+    with pytest.raises(UsageError, match="dspy history takes PROGRAM"):
+        magic(ip, "dspy history")
+    with pytest.raises(UsageError, match="at least 1"):
+        magic(ip, "dspy history qa -n 0")
+    # No DSPy program has run in this session: an empty history that says so.
+    assert str(magic(ip, "dspy history qa")) == "no calls recorded for program 'qa' yet"
 
 
 # -- calls -----------------------------------------------------------------------------------

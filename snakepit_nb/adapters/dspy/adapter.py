@@ -23,12 +23,15 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from snakepit_nb._errors import InvalidArgumentError
+from snakepit_nb._errors import InvalidArgumentError, NotFoundError
 from snakepit_nb.tools.adapter import tool
 from snakepit_nb.worker.context import SessionContext
 
 from .background import BackgroundRun
+from .history import flatten_runs, lm_calls, run_record
+from .models import cache as lm_cache
 from .models import environment
+from .models.cache import default_cache_dir
 from .models.lm import LM_VARIABLE, TEMPERATURE_VARIABLE, LMSettings, validate_temperature
 from .programs import (
     ProgramVariables,
@@ -46,6 +49,7 @@ from .tuning import TuningTools
 __all__ = ["DSPyAdapter"]
 
 _TEMPERATURE_DEF = Definition("float", {"min": 0.0, "max": 2.0}, "sampling temperature")
+_CALLS_DEF = Definition("map", None, "one version per run: the LM calls it made")
 
 
 class DSPyAdapter(TuningTools, SavingTools):
@@ -62,18 +66,24 @@ class DSPyAdapter(TuningTools, SavingTools):
         max_tokens: int | None = None,
         api_base: str | None = None,
         api_key_env: str | None = None,
-        cache: bool = False,
+        api_key: str | None = None,
+        cache: bool | None = None,
         engine: str = "auto",
         num_retries: int = 3,
+        options: dict[str, Any] | None = None,
         latency: float = 0.0,
         chunk_delay: float = 0.0,
+        chunk_size: int = 6,
         smoke_test: bool = False,
     ) -> dict[str, Any]:
         """Set the session's language model (the variable ``dspy.lm``) and temperature.
 
         ``model="fake/rules"`` is the offline fake model; anything else goes to ``dspy.LM``
-        (e.g. ``"openai/gpt-4o-mini"``, with ``api_key_env="OPENAI_API_KEY"``).
-        ``smoke_test`` sends one prompt to check the model answers.
+        (``"openai/gpt-4o-mini"``; ``"openai/<name>"`` with ``api_base`` for a local server).
+        ``options`` are further ``dspy.LM`` arguments. ``api_key`` is used for this call only
+        and never stored (the notebook helper sends it with every call); ``api_key_env``
+        names the variable holding it. ``cache`` (default: on for real models) uses DSPy's
+        disk cache shared by all workers. ``smoke_test`` sends one prompt to check the model.
         """
         settings = LMSettings(
             model=model,
@@ -83,20 +93,40 @@ class DSPyAdapter(TuningTools, SavingTools):
             cache=cache,
             engine=engine,
             num_retries=num_retries,
+            options=dict(options or {}),
             latency=float(latency),
             chunk_delay=float(chunk_delay),
+            chunk_size=chunk_size,
         )
         values: dict[str, Any] = {LM_VARIABLE: settings.to_mapping()}
         if temperature is not None:
             values[TEMPERATURE_VARIABLE] = validate_temperature(temperature)
-        lm = await asyncio.to_thread(self.runtime.lms.lm, settings, temperature=temperature)
+        lm = await asyncio.to_thread(
+            self.runtime.lms.lm, settings, temperature=temperature, api_key=api_key
+        )
         reply = None
         if smoke_test:
             reply = await asyncio.to_thread(_ping, lm)
         await self._store(ctx).write(
             values, {LM_VARIABLE: Definition("map"), TEMPERATURE_VARIABLE: _TEMPERATURE_DEF}
         )
-        return {"lm": settings.to_mapping(), "temperature": temperature, "smoke_test": reply}
+        return {
+            "lm": settings.to_mapping(),
+            "temperature": temperature,
+            "cache": settings.cached,
+            "cache_dir": default_cache_dir() if settings.cached else None,
+            "smoke_test": reply,
+        }
+
+    @tool(name="dspy.cache_info", idempotent=True)
+    async def cache_info(self, ctx: SessionContext) -> dict[str, Any]:
+        """DSPy's response cache shared by the workers: folder, entries, bytes on disk."""
+        return await asyncio.to_thread(lm_cache.cache_info)
+
+    @tool(name="dspy.clear_cache")
+    async def clear_cache(self, ctx: SessionContext) -> dict[str, Any]:
+        """Remove every cached model response (for all workers and later pools)."""
+        return await asyncio.to_thread(lm_cache.clear_cache)
 
     # -- programs ------------------------------------------------------------------------
     @tool(name="dspy.define_program")
@@ -198,13 +228,15 @@ class DSPyAdapter(TuningTools, SavingTools):
         name: str,
         inputs: dict[str, Any],
         config: dict[str, Any] | None = None,
+        api_key: str | None = None,
     ) -> dict[str, Any]:
         """Run the program on ``inputs``; ``config`` may override ``temperature``/``max_tokens``.
 
-        Returns ``{"prediction": {...}, "temperature", "model", "worker_id", ...}`` and writes
-        ``<name>.last_output``.
+        Returns ``{"prediction": {...}, "temperature", "model", "worker_id", ...}``, writes
+        ``<name>.last_output`` and adds the run's LM calls to ``<name>.calls`` (the history).
+        ``api_key`` is the model's key for this call (never stored).
         """
-        setup = await self._prepare(ctx, name, config)
+        setup = await self._prepare(ctx, name, config, api_key)
         check_inputs(setup, inputs)
         prediction = await asyncio.to_thread(run_prediction, setup, inputs)
         return await self._finish_run(ctx, setup, inputs, prediction)
@@ -216,13 +248,14 @@ class DSPyAdapter(TuningTools, SavingTools):
         name: str,
         inputs: dict[str, Any],
         config: dict[str, Any] | None = None,
+        api_key: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Run the program and stream its output fields as they are generated.
 
         Chunks: ``{"type": "token", "field", "predictor", "text", "last"}`` and
         ``{"type": "status", "message"}``; the final value is what ``dspy.run`` returns.
         """
-        setup = await self._prepare(ctx, name, config)
+        setup = await self._prepare(ctx, name, config, api_key)
         check_inputs(setup, inputs)
         run = self._start(
             BackgroundRun(lambda r: stream_prediction(r, setup, inputs), name="stream")
@@ -237,8 +270,7 @@ class DSPyAdapter(TuningTools, SavingTools):
     async def _finish_run(
         self, ctx: SessionContext, setup: CallSetup, inputs: dict[str, Any], prediction: Any
     ) -> dict[str, Any]:
-        self.runtime.record(ctx.session_id, setup.name, setup.lm, setup.temperature)
-        prompt = self.runtime.history(ctx.session_id, setup.name, 1)
+        calls = lm_calls([setup.lm], temperature=setup.temperature, worker_id=ctx.worker_id)
         result = {
             "prediction": prediction,
             "temperature": setup.temperature,
@@ -247,25 +279,31 @@ class DSPyAdapter(TuningTools, SavingTools):
             "pid": os.getpid(),
             "cached_program": setup.cached,
         }
-        last = {**result, "inputs": inputs, "messages": prompt[-1]["messages"] if prompt else []}
-        await self._store(ctx).write({setup.names.last_output: last})
+        last = {**result, "inputs": inputs, "messages": calls[-1]["messages"] if calls else []}
+        record = run_record(calls, inputs=inputs, prediction=prediction, worker_id=ctx.worker_id)
+        await self._store(ctx).write(
+            {setup.names.last_output: last, setup.names.calls: record},
+            {setup.names.calls: _CALLS_DEF},
+        )
         return result
 
     @tool(name="dspy.inspect_history", idempotent=True)
     async def inspect_history(self, ctx: SessionContext, name: str, n: int = 1) -> dict[str, Any]:
-        """The last ``n`` prompts this worker sent for the program (messages and outputs).
+        """The last ``n`` LM calls the program's runs made (from ``<name>.calls``).
 
-        Falls back to the prompt in ``<name>.last_output`` when this worker ran none.
+        Each has ``messages`` (role, content), ``outputs``, ``usage``, ``model``,
+        ``temperature``, ``worker_id`` and ``at``; kept by the orchestrator, so they
+        outlive any worker.
         """
-        calls = self.runtime.history(ctx.session_id, name, n)
-        source = "worker"
-        if not calls:
-            names = ProgramVariables(validate_program_name(name))
-            entry = (await self._store(ctx).read([names.last_output])).get(names.last_output)
-            if entry is not None and isinstance(entry.value, dict):
-                calls = [{k: entry.value.get(k) for k in ("messages", "model", "temperature")}]
-                source = "last_output"
-        return {"calls": calls, "worker_id": ctx.worker_id, "source": source}
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidArgumentError(f"n must be a positive integer, got {n!r}")
+        names = ProgramVariables(validate_program_name(name))
+        try:
+            versions = await ctx.vars.ahistory(names.calls, limit=n)
+        except NotFoundError:
+            versions = []
+        calls = flatten_runs([value for _, value, _ in versions], n)
+        return {"calls": calls, "worker_id": ctx.worker_id, "pid": os.getpid()}
 
     # -- the worker ----------------------------------------------------------------------
     @tool(name="dspy.status", idempotent=True)
@@ -281,6 +319,7 @@ class DSPyAdapter(TuningTools, SavingTools):
             "dspy_version": getattr(dspy, "__version__", None),
             "dspy_import_seconds": environment.dspy_import_seconds(),
             "network_guard": environment.network_guard_installed(),
+            "cache_dir": default_cache_dir(),
             "offline_env": {
                 k: os.environ.get(k)
                 for k in ("LITELLM_LOCAL_MODEL_COST_MAP", "DSPY_CACHEDIR", "LITELLM_MODE")

@@ -12,6 +12,7 @@ A program named ``qa`` lives in the orchestrator as these variables (the source 
 ``qa.best_score``                float   best score of the last optimization, as it improves
 ``qa.optimizer_status``          map     phase and progress of the last optimization
 ``qa.last_output``               map     the last run's inputs, outputs and prompt
+``qa.calls``                     map     one version per run: its LM calls (``history.py``)
 ===============================  ======  ===================================================
 
 A program with several predictors has ``qa.<predictor>.instructions`` and
@@ -84,6 +85,10 @@ class ProgramVariables:
     @property
     def last_output(self) -> str:
         return f"{self.name}.last_output"
+
+    @property
+    def calls(self) -> str:
+        return f"{self.name}.calls"
 
     def _prefix(self, predictor: str) -> str:
         return self.name if len(self.predictors) == 1 else f"{self.name}.{predictor}"

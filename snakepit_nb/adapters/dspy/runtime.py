@@ -1,4 +1,4 @@
-"""What one worker keeps for DSPy: built LMs, rebuilt programs, recent prompts.
+"""What one worker keeps for DSPy: built LMs and rebuilt programs.
 
 None of it is the source of truth (that is the session variables): a worker that is killed
 loses only caches, and any worker can serve any call. ``Runtime.prepare`` turns one call's
@@ -14,8 +14,6 @@ variables into a ready program and LM:
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +31,6 @@ from .programs import ProgramCache, ProgramVariables, compose_program, validate_
 from .store import Entry, VariableStore
 
 __all__ = ["CallSetup", "ProgramNotDefinedError", "Runtime"]
-
-HISTORY_PER_PROGRAM = 20
 
 
 class ProgramNotDefinedError(NotFoundError):
@@ -62,7 +58,6 @@ class Runtime:
     def __init__(self) -> None:
         self.lms = LMFactory()
         self.programs = ProgramCache()
-        self._history: dict[tuple[str, str], deque[dict[str, Any]]] = {}
 
     # -- reading a call's state --------------------------------------------------------------
     async def read_program(
@@ -90,6 +85,8 @@ class Runtime:
         session_id: str,
         name: str,
         config: Mapping[str, Any] | None = None,
+        *,
+        api_key: str | None = None,
     ) -> CallSetup:
         config = dict(config or {})
         names, spec, entries = await self.read_program(
@@ -114,7 +111,7 @@ class Runtime:
             program = await asyncio.to_thread(self._compose, names, spec, entries)
             self.programs.put(session_id, name, versions, program)
         lm = await asyncio.to_thread(
-            self.lms.lm, settings, temperature=temperature, max_tokens=max_tokens
+            self.lms.lm, settings, temperature=temperature, max_tokens=max_tokens, api_key=api_key
         )
         return CallSetup(
             name=name,
@@ -141,48 +138,5 @@ class Runtime:
             {p: value(names.demos(p)) for p in names.predictors},
         )
 
-    # -- prompts seen by this worker ---------------------------------------------------------
-    def record(self, session_id: str, name: str, lm: Any, temperature: float | None) -> None:
-        """Keep the LM calls a run made (``lm`` is the per-call copy, its history is ours)."""
-        history = self._history.setdefault((session_id, name), deque(maxlen=HISTORY_PER_PROGRAM))
-        for entry in list(getattr(lm, "history", []) or []):
-            history.append(
-                {
-                    "messages": _plain_messages(entry.get("messages")),
-                    "outputs": [str(o) for o in entry.get("outputs") or []],
-                    "model": str(entry.get("model") or ""),
-                    "temperature": temperature,
-                    "usage": _plain(entry.get("usage")),
-                    "timestamp": str(entry.get("timestamp") or ""),
-                    "at": time.time(),
-                }
-            )
-
-    def history(self, session_id: str, name: str, n: int) -> list[dict[str, Any]]:
-        entries = list(self._history.get((session_id, name), ()))
-        return entries[-n:] if n > 0 else []
-
     def forget(self, session_id: str, name: str) -> None:
         self.programs.forget(session_id, name)
-        self._history.pop((session_id, name), None)
-
-
-def _plain_messages(messages: Any) -> list[dict[str, str]]:
-    out: list[dict[str, str]] = []
-    for message in messages or []:
-        if isinstance(message, dict):
-            content = message.get("content")
-            if not isinstance(content, str):
-                content = str(content)
-            out.append({"role": str(message.get("role", "")), "content": content})
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)

@@ -56,7 +56,6 @@ class DSPyToolkit(Adapter):
     def teardown(self) -> None:
         for run in self._runs:
             run.cancel()
-        environment.remove_cache_dir()
 
     async def _write_program(
         self, ctx: SessionContext, names: ProgramVariables, spec: dict[str, Any], program: Any
@@ -86,9 +85,15 @@ class DSPyToolkit(Adapter):
         return VariableStore(ctx.vars)
 
     async def _prepare(
-        self, ctx: SessionContext, name: str, config: dict[str, Any] | None = None
+        self,
+        ctx: SessionContext,
+        name: str,
+        config: dict[str, Any] | None = None,
+        api_key: str | None = None,
     ) -> CallSetup:
-        return await self.runtime.prepare(self._store(ctx), ctx.session_id, name, config)
+        return await self.runtime.prepare(
+            self._store(ctx), ctx.session_id, name, config, api_key=api_key
+        )
 
     def _start(self, run: BackgroundRun) -> BackgroundRun:
         self._runs = {r for r in self._runs if r.alive}

@@ -37,12 +37,13 @@ class TuningTools(DSPyToolkit):
         metric: str = "exact_match",
         field: str | None = None,
         num_threads: int = 1,
+        api_key: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Score the program on ``devset`` (default: the shipped dev set); streams progress.
 
         The final value is ``{"score": percent, "results": [...]}``.
         """
-        setup = await self._prepare(ctx, name)
+        setup = await self._prepare(ctx, name, None, api_key)
         rows = devset if devset is not None else shipped_rows(setup, shipped_devset)
         examples = to_examples(rows, setup.spec["inputs"], what="devset")
         scorer = resolve_metric(metric, field=field or setup.spec["outputs"][-1])
@@ -81,6 +82,7 @@ class TuningTools(DSPyToolkit):
         params: dict[str, Any] | None = None,
         target: str | None = None,
         num_threads: int = 1,
+        api_key: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Optimize the program; progress streams live and ``<target>.best_score`` rises.
 
@@ -90,7 +92,7 @@ class TuningTools(DSPyToolkit):
         the program's variables as they were.
         """
         checked = check_params(optimizer, params)
-        setup = await self._prepare(ctx, name)
+        setup = await self._prepare(ctx, name, None, api_key)
         target = validate_program_name(target or name)
         inputs = setup.spec["inputs"]
         train = to_examples(

@@ -19,8 +19,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from snakepit_nb.adapters.dspy.models.lm import TEMPERATURE_VARIABLE
+from snakepit_nb.adapters.dspy.models.environment import prepare_environment
+from snakepit_nb.adapters.dspy.models.lm import TEMPERATURE_VARIABLE, LMSettings
 from snakepit_nb.adapters.dspy.programs import ProgramVariables, validate_program_name
+
+from .credentials import Credentials
+from .history import History, read_history
 
 __all__ = ["DSPy", "Program"]
 
@@ -29,15 +33,56 @@ class DSPy:
     """DSPy on a session whose workers run ``DSPyAdapter``."""
 
     def __init__(self, session: Any) -> None:
+        # A user's own `import dspy` in the kernel must not reach for the network either.
+        prepare_environment()
         self.session = session
+        self.credentials = Credentials(session)
 
-    def configure_lm(self, model: str = "fake/rules", **settings: Any) -> dict[str, Any]:
-        """Set the session's model (``"fake/rules"`` offline, or e.g. ``"openai/gpt-4o-mini"``).
+    def configure_lm(
+        self,
+        model: str = "fake/rules",
+        api_key: str | None = None,
+        api_base: str | None = None,
+        **dspy_lm_kwargs: Any,
+    ) -> dict[str, Any]:
+        """Set the session's model: ``"fake/rules"`` offline, or any ``dspy.LM`` model.
 
-        Settings: ``temperature``, ``max_tokens``, ``api_base``, ``api_key_env``, ``cache``,
-        ``engine``; for the fake model ``latency`` and ``chunk_delay`` (seconds).
+        ``api_base`` points at an OpenAI-compatible server (``model="openai/<name>"``); one
+        without authentication needs no key. ``api_key`` stays in this kernel's memory and
+        goes with each call; without it the kernel's environment variable ``api_key_env``
+        (default ``<PROVIDER>_API_KEY``) is read at each call. Neither is ever stored in a
+        session variable. Our settings: ``temperature``, ``max_tokens``, ``api_key_env``,
+        ``cache`` (default on for real models: DSPy's disk cache, shared by all workers),
+        ``engine``, ``num_retries``, ``smoke_test``; for the fake model ``latency``,
+        ``chunk_delay``, ``chunk_size``. Any other keyword is a ``dspy.LM`` option
+        (``timeout=30``, ``model_type="chat"``, ``top_p=0.9``, ...).
         """
-        result: dict[str, Any] = self.session.call("dspy.configure_lm", model=model, **settings)
+        ours = set(LMSettings.__dataclass_fields__) | {"temperature", "smoke_test"}
+        settings = {k: v for k, v in dspy_lm_kwargs.items() if k in ours and k != "options"}
+        options = dict(dspy_lm_kwargs.get("options") or {})
+        options.update({k: v for k, v in dspy_lm_kwargs.items() if k not in ours})
+        candidate = Credentials(self.session)
+        candidate.configured(model, api_key, settings.get("api_key_env"))
+        result: dict[str, Any] = self.session.call(
+            "dspy.configure_lm",
+            model=model,
+            api_base=api_base,
+            options=options,
+            **settings,
+            **candidate.arguments(),
+        )
+        # Only once the workers accepted it: a refused configuration changes nothing here.
+        self.credentials.configured(model, api_key, settings.get("api_key_env"))
+        return result
+
+    def cache_info(self) -> dict[str, Any]:
+        """DSPy's response cache shared by the workers: folder, entries, bytes."""
+        result: dict[str, Any] = self.session.call("dspy.cache_info")
+        return result
+
+    def clear_cache(self) -> dict[str, Any]:
+        """Remove every cached model response (for every worker, and later pools too)."""
+        result: dict[str, Any] = self.session.call("dspy.clear_cache")
         return result
 
     @property
@@ -71,11 +116,13 @@ class DSPy:
             instructions=instructions,
             demos=demos,
         )
-        return Program(self.session, described)
+        return Program(self.session, described, self.credentials)
 
     def get(self, name: str) -> Program:
         """A handle on a program that already exists in the session."""
-        return Program(self.session, self.session.call("dspy.inspect_program", name=name))
+        return Program(
+            self.session, self.session.call("dspy.inspect_program", name=name), self.credentials
+        )
 
     def programs(self) -> list[dict[str, Any]]:
         """The programs defined in the session (name, module, signature)."""
@@ -95,7 +142,11 @@ class DSPy:
         described = self.session.call(
             "dspy.load_program", name=name, data=data, module=module, signature=signature
         )
-        return Program(self.session, described)
+        return Program(self.session, described, self.credentials)
+
+    def history(self, program: str, n: int = 1) -> History:
+        """The last ``n`` model calls of ``program`` (read from the orchestrator, no worker)."""
+        return read_history(self.session, validate_program_name(program), n)
 
     def status(self) -> dict[str, Any]:
         """The serving worker's DSPy status (pid, import time, caches)."""
@@ -106,8 +157,11 @@ class DSPy:
 class Program:
     """A handle on one DSPy program kept in session variables."""
 
-    def __init__(self, session: Any, described: dict[str, Any]) -> None:
+    def __init__(
+        self, session: Any, described: dict[str, Any], credentials: Credentials | None = None
+    ) -> None:
         self.session = session
+        self.credentials = credentials if credentials is not None else Credentials(session)
         self.name = validate_program_name(described["name"])
         self.spec: dict[str, Any] = dict(described["spec"])
         self.variables = ProgramVariables(self.name, tuple(self.spec["predictors"]))
@@ -126,11 +180,19 @@ class Program:
 
     def run(self, inputs: dict[str, Any], *, config: dict[str, Any] | None = None) -> Any:
         """Run the program; returns the prediction plus temperature, model and worker id."""
-        return self.session.call("dspy.run", name=self.name, inputs=inputs, config=config)
+        return self.session.call(
+            "dspy.run", name=self.name, inputs=inputs, config=config, **self.credentials.arguments()
+        )
 
     def stream(self, _config: dict[str, Any] | None = None, **inputs: Any) -> Any:
         """Stream the output fields as they are generated (token and status chunks)."""
-        return self.session.stream("dspy.stream", name=self.name, inputs=inputs, config=_config)
+        return self.session.stream(
+            "dspy.stream",
+            name=self.name,
+            inputs=inputs,
+            config=_config,
+            **self.credentials.arguments(),
+        )
 
     # -- what people edit ----------------------------------------------------------------
     def _predictor(self, predictor: str | None) -> str:
@@ -169,17 +231,28 @@ class Program:
         result: dict[str, Any] = self.session.call("dspy.inspect_program", name=self.name)
         return result
 
+    def inspect_history(self, n: int = 1) -> History:
+        """The last ``n`` LM calls of this program's runs, as DSPy's ``inspect_history`` shows.
+
+        Read from the orchestrator (``<name>.calls``), so they survive worker restarts; in a
+        notebook the result renders as HTML, ``print()`` gives text.
+        """
+        return read_history(self.session, self.name, n)
+
     def history(self, n: int = 1) -> list[dict[str, Any]]:
-        """The last ``n`` prompts sent for this program (messages and model outputs)."""
-        calls: list[dict[str, Any]] = self.session.call(
-            "dspy.inspect_history", name=self.name, n=n
-        )["calls"]
-        return calls
+        """The last ``n`` LM calls as plain dicts (``inspect_history(n)`` without the view)."""
+        return list(self.inspect_history(n))
 
     # -- scoring and optimizing ----------------------------------------------------------
     def evaluate(self, devset: list[dict[str, Any]] | None = None, **options: Any) -> Any:
         """Score on ``devset`` (default: the shipped one); a stream whose result has ``score``."""
-        return self.session.stream("dspy.evaluate", name=self.name, devset=devset, **options)
+        return self.session.stream(
+            "dspy.evaluate",
+            name=self.name,
+            devset=devset,
+            **options,
+            **self.credentials.arguments(),
+        )
 
     def optimize(self, optimizer: str = "BootstrapFewShot", **options: Any) -> Any:
         """Run an optimizer; a stream of progress events whose result summarizes the run.
@@ -187,7 +260,13 @@ class Program:
         Options: ``trainset``, ``valset``, ``metric``, ``params``, ``target``,
         ``num_threads``. Closing the stream cancels the optimization.
         """
-        return self.session.stream("dspy.optimize", name=self.name, optimizer=optimizer, **options)
+        return self.session.stream(
+            "dspy.optimize",
+            name=self.name,
+            optimizer=optimizer,
+            **options,
+            **self.credentials.arguments(),
+        )
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -3,8 +3,9 @@
 DSPy and LiteLLM reach for the network on their own (a model-price JSON on GitHub, LiteLLM's
 import) unless ``LITELLM_LOCAL_MODEL_COST_MAP=True`` is set, and DSPy's disk cache defaults to
 ``~/.dspy_cache``. ``prepare_environment`` sets safe defaults (never overriding what the user
-set) before DSPy is imported; ``import_dspy`` imports it once, on first use, so a worker whose
-tools never touch DSPy starts as fast as any other.
+set) before DSPy is imported: in every worker, and in the kernel when the notebook side is
+used (so a user's own ``import dspy`` there is offline too). ``import_dspy`` imports it once,
+on first use, so a worker whose tools never touch DSPy starts as fast as any other.
 
 ``install_network_guard`` is an audit hook that refuses every connection and name lookup to a
 non-loopback host. Workers arm it when ``SNAKEPIT_NB_NO_NETWORK=1`` (the test suite sets it);
@@ -14,27 +15,25 @@ that nothing tried.
 
 from __future__ import annotations
 
-import atexit
 import ipaddress
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import types
+from pathlib import Path
 from typing import Any
 
 __all__ = [
     "NETWORK_ENV",
     "NETWORK_LOG_ENV",
     "NetworkBlockedError",
+    "default_cache_dir",
     "dspy_import_seconds",
     "import_dspy",
     "install_network_guard",
     "network_guard_installed",
     "prepare_environment",
-    "remove_cache_dir",
 ]
 
 NETWORK_ENV = "SNAKEPIT_NB_NO_NETWORK"
@@ -45,11 +44,22 @@ _lock = threading.Lock()
 _dspy: types.ModuleType | None = None
 _import_seconds: float | None = None
 _guard_installed = False
-_created_cache_dir: str | None = None
 
 
 class NetworkBlockedError(PermissionError):
     """A non-loopback connection or name lookup was refused by the network guard."""
+
+
+def default_cache_dir() -> str:
+    """DSPy's response cache folder: ``DSPY_CACHEDIR``, else ``<user cache>/snakepit_nb/dspy``.
+
+    One folder for every worker and every pool (see ``cache.py``).
+    """
+    explicit = os.environ.get("DSPY_CACHEDIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "snakepit_nb" / "dspy")
 
 
 def prepare_environment() -> None:
@@ -57,23 +67,8 @@ def prepare_environment() -> None:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     # LiteLLM in its default DEV mode loads a .env from the working directory on import.
     os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
-    global _created_cache_dir
-    if not os.environ.get("DSPY_CACHEDIR"):
-        _created_cache_dir = tempfile.mkdtemp(prefix="snakepit_nb-dspy-cache-")
-        os.environ["DSPY_CACHEDIR"] = _created_cache_dir
-        atexit.register(remove_cache_dir)
-
-
-def remove_cache_dir() -> None:
-    """Remove the temporary DSPy cache directory this process created (if any).
-
-    Workers end with ``os._exit`` (atexit handlers do not run), so the adapter's teardown
-    calls this on a graceful stop.
-    """
-    global _created_cache_dir
-    if _created_cache_dir is not None:
-        shutil.rmtree(_created_cache_dir, ignore_errors=True)
-        _created_cache_dir = None
+    # One cache folder for every worker and every pool (see cache.py).
+    os.environ.setdefault("DSPY_CACHEDIR", default_cache_dir())
 
 
 def import_dspy() -> types.ModuleType:

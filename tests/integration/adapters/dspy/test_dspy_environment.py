@@ -39,10 +39,10 @@ def run_script(source: str, env: dict[str, str] | None = None, timeout: float = 
     return result
 
 
-def test_importing_the_package_and_the_adapter_does_not_import_dspy() -> None:
+def test_importing_the_package_and_the_adapter_does_not_import_dspy(tmp_path: Path) -> None:
     result = run_script(
         """
-        import json, sys, time
+        import json, os, sys, time
         started = time.perf_counter()
         import snakepit_nb
         from snakepit_nb.adapters.dspy import DSPy, Program
@@ -51,26 +51,46 @@ def test_importing_the_package_and_the_adapter_does_not_import_dspy() -> None:
         adapter = DSPyAdapter()
         ready = time.perf_counter() - started
         worker_side = "dspy" in sys.modules
-        from snakepit_nb.adapters.dspy.models.environment import import_dspy, dspy_import_seconds
-        import_dspy()
-        import os
         cache = os.environ["DSPY_CACHEDIR"]
-        created = os.path.isdir(cache)
+        created_early = os.path.exists(cache)
+        from snakepit_nb.adapters.dspy.models.environment import import_dspy, dspy_import_seconds
+        from snakepit_nb.adapters.dspy.models.cache import ensure_shared_cache
+        import_dspy()
+        shared = ensure_shared_cache()
         adapter.teardown()  # what a worker's graceful stop calls
         print(json.dumps({"kernel_side": kernel_side, "worker_side": worker_side,
                           "ready": ready, "dspy": dspy_import_seconds(), "cache": cache,
-                          "created": created, "removed": not os.path.exists(cache),
+                          "created_early": created_early, "kept": os.path.isdir(cache),
+                          "memory": shared.enable_memory_cache,
                           "cost_map": os.environ["LITELLM_LOCAL_MODEL_COST_MAP"]}))
-        """
+        """,
+        env={"XDG_CACHE_HOME": str(tmp_path / "user-cache")},
     )
     assert result["kernel_side"] is False
     assert result["worker_side"] is False
     assert result["dspy"] > 0.05  # the cost that lazy import keeps out of worker start-up
     assert result["cost_map"] == "True"
-    assert "snakepit_nb-dspy-cache-" in result["cache"]
-    assert result["created"]
-    assert result["removed"]
+    # One folder under the user's cache folder, made on first use and kept after the stop.
+    assert result["cache"] == str(tmp_path / "user-cache" / "snakepit_nb" / "dspy")
+    assert result["created_early"] is False
+    assert result["kept"] is True
+    assert result["memory"] is False  # disk only: what one worker cached, all see
     print(f"adapter ready in {result['ready']:.3f} s; import dspy {result['dspy']:.3f} s")
+
+
+def test_the_kernel_side_sets_the_offline_switches_before_dspy_is_imported() -> None:
+    result = run_script(
+        """
+        import json, os
+        from snakepit_nb.adapters.dspy import DSPy
+        DSPy(session=None)  # what a notebook does first
+        print(json.dumps({k: os.environ.get(k) for k in
+                          ("LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_MODE", "DSPY_CACHEDIR")}))
+        """
+    )
+    assert result["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
+    assert result["LITELLM_MODE"] == "PRODUCTION"
+    assert result["DSPY_CACHEDIR"].endswith("snakepit_nb/dspy")
 
 
 def test_missing_dspy_names_the_extra_to_install() -> None:
