@@ -4,9 +4,16 @@ Both report progress as events (plain dicts; the adapter yields them as stream c
 
 * ``{"type": "status", "phase": ..., "message": ...}`` when a phase starts;
 * ``{"type": "example", "phase": ..., "n": n, "score": s}`` after each metric call;
-* ``{"type": "candidate", "phase": ..., "index": i, "score": s, "best": b}`` after each full
-  evaluation of a candidate program (the unoptimized baseline, the candidates an optimizer
-  evaluates itself, and the optimized result). Scores are percentages, as DSPy reports them.
+* ``{"type": "candidate", "phase": ..., "index": i, "score": s, "best": b, "full": bool,
+  "size": n, "instructions": {predictor: text}, "demos": {predictor: count}}`` after each
+  evaluation of a candidate program: the unoptimized baseline, every trial the optimizer
+  evaluates (with the instructions and demos it tried), and the optimized result. ``full``
+  says the candidate was scored on the whole validation set; ``best`` is the best full score
+  so far (mini-batch scores are shown but do not count). Scores are percentages, as DSPy
+  reports them.
+
+Trials come from DSPy's own ``Evaluate`` calls (a callback sees the program each starts on);
+SIMBA scores its candidates without ``Evaluate``, so its trials are read from its log lines.
 
 Cancellation is cooperative: each metric call first checks the run, and an ``emit`` on a
 cancelled run raises ``Cancelled`` (a ``BaseException``, which DSPy's error handling lets
@@ -16,42 +23,24 @@ through), so an optimizer stops within one LM call of the cancellation.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
+import re
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
 
 from .background import BackgroundRun, Cancelled
+from .catalog import build
 from .metrics import Metric
 
-__all__ = ["OPTIMIZERS", "OptimizationOutcome", "Progress", "evaluate", "optimize", "to_examples"]
+__all__ = ["OptimizationOutcome", "Progress", "evaluate", "optimize", "to_examples"]
 
-# The parameters each optimizer accepts from callers (an allow-list: nothing else passes).
-OPTIMIZERS: Mapping[str, tuple[str, ...]] = {
-    "LabeledFewShot": ("k",),
-    "BootstrapFewShot": (
-        "max_bootstrapped_demos",
-        "max_labeled_demos",
-        "max_rounds",
-        "max_errors",
-        "metric_threshold",
-    ),
-    "BootstrapFewShotWithRandomSearch": (
-        "max_bootstrapped_demos",
-        "max_labeled_demos",
-        "max_rounds",
-        "max_errors",
-        "metric_threshold",
-        "num_candidate_programs",
-        "num_threads",
-        "stop_at_score",
-    ),
-    "COPRO": ("breadth", "depth", "init_temperature"),
-}
-_TAKES_VALSET = ("BootstrapFewShotWithRandomSearch",)
-_TAKES_METRIC = ("BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "COPRO")
+_SIMBA_SCORES = re.compile(r"Scores after (\d+) batches: \[([^\]]*)\], Best: ([\d.]+)")
 
 
 def to_examples(rows: object, input_keys: Sequence[str], *, what: str) -> list[Any]:
@@ -74,19 +63,32 @@ def to_examples(rows: object, input_keys: Sequence[str], *, what: str) -> list[A
     return [dspy.Example(**row).with_inputs(*input_keys) for row in rows]
 
 
-def check_params(optimizer: object, params: Mapping[str, object] | None) -> dict[str, object]:
-    if optimizer not in OPTIMIZERS:
-        raise InvalidArgumentError(
-            f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}"
-        )
-    allowed = OPTIMIZERS[str(optimizer)]
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise InvalidArgumentError(
-            f"{optimizer} does not take {', '.join(unknown)}; it takes {', '.join(allowed)}"
-        )
-    return params
+def snapshot(program: Any) -> tuple[dict[str, str], dict[str, int]]:
+    """A candidate's instructions and demo counts, per predictor."""
+    instructions: dict[str, str] = {}
+    demos: dict[str, int] = {}
+    with contextlib.suppress(Exception):  # not a DSPy module: nothing to show
+        for name, predictor in program.named_predictors():
+            instructions[name] = str(predictor.signature.instructions)
+            demos[name] = len(predictor.demos)
+    return instructions, demos
+
+
+def _accepts_five(metric: Metric) -> bool:
+    try:
+        inspect.signature(metric).bind(None, None, None, None, None)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _score_of(value: Any) -> float:
+    """A metric's value as a number (GEPA metrics may return a Prediction with ``score``)."""
+    value = getattr(value, "score", value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 @dataclass
@@ -98,24 +100,52 @@ class Progress:
     examples: int = 0
     candidates: int = 0
     best: float | None = None
+    full_size: int = 0
     scores: list[float] = field(default_factory=list)
+    _started: dict[str, tuple[dict[str, str], dict[str, int], int]] = field(default_factory=dict)
 
     def metric(self, metric: Metric) -> Metric:
-        def wrapped(example: Any, prediction: Any, trace: Any = None) -> Any:
+        five = _accepts_five(metric)
+
+        # GEPA binds its metric to five arguments; the others pass three.
+        def wrapped(
+            example: Any,
+            prediction: Any,
+            trace: Any = None,
+            pred_name: Any = None,
+            pred_trace: Any = None,
+        ) -> Any:
             self.run.check()
-            value = metric(example, prediction, trace)
+            if five:
+                value = metric(example, prediction, trace, pred_name, pred_trace)
+            else:
+                value = metric(example, prediction, trace)
             self.examples += 1
             self.run.emit(
-                {"type": "example", "phase": self.phase, "n": self.examples, "score": float(value)}
+                {
+                    "type": "example",
+                    "phase": self.phase,
+                    "n": self.examples,
+                    "score": _score_of(value),
+                }
             )
-            return value
+            # A bool is a score to DSPy, but GEPA would show the model "a score of True".
+            return float(value) if isinstance(value, bool) else value
 
         return wrapped
 
-    def candidate(self, score: float) -> None:
+    def candidate(
+        self,
+        score: float,
+        *,
+        size: int = 0,
+        instructions: dict[str, str] | None = None,
+        demos: dict[str, int] | None = None,
+    ) -> None:
         self.candidates += 1
         self.scores.append(score)
-        if self.best is None or score > self.best:
+        full = size == 0 or size >= self.full_size
+        if full and (self.best is None or score > self.best):
             self.best = score
         self.run.emit(
             {
@@ -124,6 +154,10 @@ class Progress:
                 "index": self.candidates,
                 "score": score,
                 "best": self.best,
+                "full": full,
+                "size": size,
+                "instructions": instructions or {},
+                "demos": demos or {},
             }
         )
 
@@ -138,16 +172,53 @@ class Progress:
         progress = self
 
         class _EvaluateProgress(BaseCallback):  # type: ignore[misc]
+            def on_evaluate_start(
+                self, call_id: str, instance: Any, inputs: dict[str, Any]
+            ) -> None:
+                instructions, demos = snapshot(inputs.get("program"))
+                size = len(getattr(instance, "devset", None) or ())
+                progress._started[call_id] = (instructions, demos, size)
+
             def on_evaluate_end(
                 self, call_id: str, outputs: Any, exception: Exception | None = None
             ) -> None:
+                instructions, demos, size = progress._started.pop(call_id, ({}, {}, 0))
                 score = getattr(outputs, "score", None)
                 if exception is None and isinstance(score, int | float):
                     # DSPy swallows callback errors; the next metric call stops the run.
                     with contextlib.suppress(Cancelled):
-                        progress.candidate(float(score))
+                        progress.candidate(
+                            float(score), size=size, instructions=instructions, demos=demos
+                        )
 
         return _EvaluateProgress()
+
+    @contextlib.contextmanager
+    def simba_trials(self) -> Iterator[None]:
+        """Turn SIMBA's per-batch score lines (logged by the run's thread) into trials."""
+        progress, thread = self, threading.get_ident()
+
+        class _Scores(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.thread != thread:
+                    return
+                found = _SIMBA_SCORES.search(record.getMessage())
+                if found is None:
+                    return
+                with contextlib.suppress(Cancelled):
+                    progress.candidate(float(found.group(3)) * 100, size=-1)
+
+        handler = _Scores(logging.INFO)
+        logger = logging.getLogger("dspy.teleprompt.simba")
+        level = logger.level
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def evaluate(
@@ -203,13 +274,14 @@ def optimize(
     trainset: list[Any],
     valset: list[Any],
     metric: Metric,
+    models: Mapping[str, Any] | None = None,
     num_threads: int = 1,
 ) -> OptimizationOutcome:
     """Evaluate the program, compile it with the optimizer, evaluate the result."""
     import dspy
 
     started = time.perf_counter()
-    progress = Progress(run)
+    progress = Progress(run, full_size=len(valset))
     scored = progress.metric(metric)
 
     def score(candidate: Any) -> float:
@@ -222,15 +294,27 @@ def optimize(
         progress.status("baseline", f"scoring the program as it is on {len(valset)} examples")
         baseline = score(program)
         progress.status("compile", f"{optimizer} on {len(trainset)} examples")
-        teleprompter = getattr(dspy, optimizer)(
-            **({"metric": scored} if optimizer in _TAKES_METRIC else {}), **params
+        teleprompter, compile_kwargs = build(
+            optimizer,
+            params,
+            metric=scored,
+            task_lm=lm,
+            models=models or {},
+            trainset=trainset,
+            valset=valset,
+            num_threads=num_threads,
         )
-        extra: dict[str, Any] = {}
-        if optimizer in _TAKES_VALSET:
-            extra["valset"] = valset
-        if optimizer == "COPRO":
-            extra["eval_kwargs"] = {"num_threads": num_threads, "display_progress": False}
-        compiled = teleprompter.compile(program.deepcopy(), trainset=trainset, **extra)
+        trials = progress.simba_trials() if optimizer == "SIMBA" else contextlib.nullcontext()
+        with trials:
+            try:
+                compiled = teleprompter.compile(
+                    program.deepcopy(), trainset=trainset, **compile_kwargs
+                )
+            except (TypeError, ValueError, AssertionError) as exc:
+                raise InvalidArgumentError(
+                    f"{optimizer} could not run with these settings: {type(exc).__name__}: "
+                    f"{exc}; nothing was changed"
+                ) from exc
         run.check()
         progress.status("final", f"scoring the optimized program on {len(valset)} examples")
         final = score(compiled)

@@ -8,14 +8,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from snakepit_nb._errors import InvalidArgumentError
 from snakepit_nb.tools.adapter import tool
 from snakepit_nb.worker.context import SessionContext
 
 from .background import BackgroundRun
+from .catalog import check_params, check_roles
 from .devset import devset as shipped_devset
 from .devset import trainset as shipped_trainset
 from .metrics import resolve_metric
-from .optimizer import check_params, evaluate, optimize, to_examples
+from .models.lm import LMSettings, validate_temperature
+from .optimizer import evaluate, optimize, to_examples
 from .programs import ProgramVariables, validate_program_name
 from .store import Definition
 from .toolkit import KNOBS, DSPyToolkit, check_threads, demos_of, quietly, shipped_rows
@@ -82,16 +85,26 @@ class TuningTools(DSPyToolkit):
         params: dict[str, Any] | None = None,
         target: str | None = None,
         num_threads: int = 1,
+        teacher_model: dict[str, Any] | str | None = None,
+        prompt_model: dict[str, Any] | str | None = None,
+        reflection_model: dict[str, Any] | str | None = None,
         api_key: str | None = None,
+        model_keys: dict[str, str] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Optimize the program; progress streams live and ``<target>.best_score`` rises.
+        """Optimize the program; trials stream live and ``<target>.best_score`` rises.
 
-        ``optimizer``: BootstrapFewShot, BootstrapFewShotWithRandomSearch, LabeledFewShot or
-        COPRO; ``params`` are its settings. The result is written to program ``target``
-        (default: the program itself). Cancelling the stream stops the optimizer and leaves
-        the program's variables as they were.
+        ``optimizer``: LabeledFewShot, BootstrapFewShot, BootstrapFewShotWithRandomSearch,
+        COPRO, MIPROv2, GEPA or SIMBA; ``params`` are its settings. ``teacher_model``,
+        ``prompt_model`` and ``reflection_model`` are other models for the optimizer's roles
+        (a model name or settings as for ``dspy.configure_lm``; default: the session's
+        model); ``model_keys`` their keys by role (used, never stored). The result is
+        written to program ``target`` (default: the program itself). Cancelling the stream
+        stops the optimizer and leaves the program's variables as they were.
         """
         checked = check_params(optimizer, params)
+        roles = {"teacher": teacher_model, "prompt": prompt_model, "reflection": reflection_model}
+        check_roles(optimizer, roles)
+        models = await asyncio.to_thread(self._role_models, roles, model_keys or {})
         setup = await self._prepare(ctx, name, None, api_key)
         target = validate_program_name(target or name)
         inputs = setup.spec["inputs"]
@@ -132,6 +145,7 @@ class TuningTools(DSPyToolkit):
                     trainset=train,
                     valset=val,
                     metric=scorer,
+                    models=models,
                     num_threads=threads,
                 ),
                 name="optimize",
@@ -142,9 +156,14 @@ class TuningTools(DSPyToolkit):
             async for event in run:
                 if event.get("type") == "candidate":
                     status["candidates"] = event["index"]
-                    if best is None or event["score"] > best:
-                        best = float(event["score"])
-                        status["best"] = best
+                    if event["best"] is not None and (best is None or event["best"] > best):
+                        best = float(event["best"])
+                        # What a live view shows as "the best so far".
+                        status.update(
+                            best=best,
+                            best_instructions=event["instructions"],
+                            best_demos=event["demos"],
+                        )
                         await store.write(
                             {out.best_score: best, out.optimizer_status: status},
                             {out.best_score: Definition("float")},
@@ -177,3 +196,26 @@ class TuningTools(DSPyToolkit):
                 "versions": versions,
             }
         )
+
+    def _role_models(
+        self, roles: dict[str, dict[str, Any] | str | None], keys: dict[str, str]
+    ) -> dict[str, Any]:
+        """The LMs for an optimizer's teacher, prompt and reflection roles (given ones only)."""
+        models: dict[str, Any] = {}
+        for role, given in roles.items():
+            if given is None:
+                continue
+            spec = {"model": given} if isinstance(given, str) else given
+            if not isinstance(spec, dict):
+                raise InvalidArgumentError(
+                    f"{role}_model must be a model name or a dict of settings such as "
+                    f"{{'model': 'openai/gpt-4o', 'temperature': 1.0}}, got {spec!r}"
+                )
+            settings = dict(spec)
+            temperature = settings.pop("temperature", None)
+            models[role] = self.runtime.lms.lm(
+                LMSettings.from_mapping(settings),
+                temperature=None if temperature is None else validate_temperature(temperature),
+                api_key=keys.get(role),
+            )
+        return models

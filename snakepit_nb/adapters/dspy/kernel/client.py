@@ -254,17 +254,49 @@ class Program:
             **self.credentials.arguments(),
         )
 
-    def optimize(self, optimizer: str = "BootstrapFewShot", **options: Any) -> Any:
-        """Run an optimizer; a stream of progress events whose result summarizes the run.
+    def optimize(
+        self,
+        optimizer: str = "BootstrapFewShot",
+        *,
+        teacher_model: dict[str, Any] | str | None = None,
+        prompt_model: dict[str, Any] | str | None = None,
+        reflection_model: dict[str, Any] | str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Run an optimizer; a stream of progress events (trials) whose result sums it up.
 
-        Options: ``trainset``, ``valset``, ``metric``, ``params``, ``target``,
-        ``num_threads``. Closing the stream cancels the optimization.
+        ``optimizer``: LabeledFewShot, BootstrapFewShot, BootstrapFewShotWithRandomSearch,
+        COPRO, MIPROv2, GEPA or SIMBA. Options: ``trainset``, ``valset``, ``metric``,
+        ``params`` (the optimizer's settings), ``target`` (write the result to another
+        program), ``num_threads``. ``teacher_model``, ``prompt_model``,
+        ``reflection_model``: a model name or settings (``{"model": ..., "api_base": ...,
+        "temperature": ..., "api_key": ...}``) for those roles; a key given there, or found
+        in the kernel's environment, goes with the call and is never stored. Closing the
+        stream cancels the optimization.
         """
+        roles: dict[str, Any] = {}
+        keys: dict[str, str] = {}
+        for role, spec in (
+            ("teacher", teacher_model),
+            ("prompt", prompt_model),
+            ("reflection", reflection_model),
+        ):
+            if spec is None:
+                continue
+            settings = {"model": spec} if isinstance(spec, str) else dict(spec)
+            key = settings.pop("api_key", None)
+            found = Credentials(self.session)
+            found.configured(str(settings.get("model", "")), key, settings.get("api_key_env"))
+            if resolved := found.key():
+                keys[role] = resolved
+            roles[f"{role}_model"] = settings
         return self.session.stream(
             "dspy.optimize",
             name=self.name,
             optimizer=optimizer,
+            **roles,
             **options,
+            **({"model_keys": keys} if keys else {}),
             **self.credentials.arguments(),
         )
 

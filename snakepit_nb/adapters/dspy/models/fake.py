@@ -17,6 +17,9 @@ effect here:
   ``t = 0`` nothing wanders;
 * **evidence**: a ``reasoning`` field (ChainOfThought) states how many demos the model saw and
   the temperature it ran at; "uppercase" in the instructions shouts every output field;
+* **optimizers' roles**: asked by MIPROv2, COPRO, GEPA or SIMBA to describe the data, propose
+  an instruction, reflect on scored responses or advise a module, it answers as a capable
+  model would, from the examples in the prompt (``fake_roles.py``);
 * **timing**: ``latency`` seconds per call and ``chunk_delay`` seconds per streamed chunk make
   streaming and cancellation observable.
 
@@ -34,6 +37,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from .fake_roles import meta_outputs
 
 __all__ = ["CAPITALS", "FAKE_MODEL_NAME", "FakeEngine", "FakeModel", "ParsedPrompt"]
 
@@ -217,6 +222,9 @@ class FakeModel:
     # -- the whole completion --------------------------------------------------------------
     def outputs(self, prompt: ParsedPrompt, temperature: float) -> dict[str, str]:
         """Compute every output field of the prompt."""
+        meta = meta_outputs(prompt.output_fields, prompt.inputs, len(prompt.demos))
+        if meta is not None:  # an optimizer asking for an instruction or advice
+            return meta
         question = next(iter(prompt.inputs.values()), "") if prompt.inputs else ""
         question = prompt.inputs.get("question", question)
         terse, why = self.choose_terse(prompt, question)

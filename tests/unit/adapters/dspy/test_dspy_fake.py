@@ -136,3 +136,39 @@ def test_chunks_reassemble() -> None:
     pieces = list(model.chunks(text))
     assert len(pieces) > 5
     assert "".join(pieces) == text
+
+
+# -- the proposer and critic roles optimizers ask for ---------------------------------------
+def test_the_fake_proposer_reads_the_style_the_examples_want() -> None:
+    from snakepit_nb.adapters.dspy.models.fake_roles import infer_style, meta_outputs
+
+    short = "[Example({'question': 'What is 2 + 3?', 'answer': '5'}), Example({'answer': 'Oslo'})]"
+    long = "Question: What is 2 + 3?\nAnswer: The answer is 5.\nAnswer: It is Oslo, I think."
+    assert infer_style(short)[0] is True
+    assert infer_style(long)[0] is False
+    feedback = (
+        '[{"Generated Outputs": {"answer": "The answer is 9."}, "Feedback": "a score of 0.0."},'
+        ' {"Generated Outputs": {"answer": "Oslo"}, "Feedback": "a score of True."}]'
+    )
+    terse, evidence = infer_style("", feedback)
+    assert terse is True
+    assert "'Oslo' scored well" in evidence
+    assert "'The answer is 9.' scored badly" in evidence
+    # An ordinary task prompt is not the proposer's business.
+    assert meta_outputs([("answer", "str")], {"question": "What is 2 + 3?"}, 0) is None
+    tips = {
+        meta_outputs([("proposed_instruction", "str")], {"task_demos": short, "tip": tip}, 0)[
+            "proposed_instruction"
+        ]
+        for tip in ("", "Be creative!", "Keep it concise.", "Include a persona.")
+    }
+    assert len(tips) == 4  # a different, readable candidate per tip
+    assert all("only" in t or "just" in t for t in tips)
+    advice = meta_outputs(
+        [("discussion", "str"), ("module_advice", "dict[str, str]")],
+        {"module_names": '["generate", "answer"]'},
+        0,
+    )
+    import json
+
+    assert set(json.loads(advice["module_advice"])) == {"generate", "answer"}

@@ -17,11 +17,12 @@ import pytest
 
 from snakepit_nb._errors import InvalidArgumentError
 from snakepit_nb.adapters.dspy.background import BackgroundRun, Cancelled
+from snakepit_nb.adapters.dspy.catalog import check_params
 from snakepit_nb.adapters.dspy.devset import devset, trainset
 from snakepit_nb.adapters.dspy.metrics import normalize, resolve_metric
 from snakepit_nb.adapters.dspy.models.environment import _is_loopback_host, import_dspy
 from snakepit_nb.adapters.dspy.models.lm import LMFactory, LMSettings, validate_temperature
-from snakepit_nb.adapters.dspy.optimizer import check_params, optimize, to_examples
+from snakepit_nb.adapters.dspy.optimizer import optimize, to_examples
 from snakepit_nb.adapters.dspy.programs import (
     ProgramCache,
     ProgramVariables,
