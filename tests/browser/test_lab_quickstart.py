@@ -1,8 +1,10 @@
-"""JupyterLab in Debian's headless Chromium (Playwright's Python package) runs the quickstart.
+"""JupyterLab in Debian's headless Chromium (Playwright's Python package) runs the notebooks.
 
-It checks what a person sees: the stream view's final text equals the kernel's value, the
-variable watch row changed when a worker wrote the variable, no "IOPub message rate exceeded"
-anywhere, and it keeps a screenshot (the folder is printed; env SNAKEPIT_NB_ARTIFACTS moves it).
+It checks what a person sees: in the quickstart, the stream view's final text equals the
+kernel's value and the variable watch row changed when a worker wrote the variable; in the
+DSPy notebook, the optimizer's live view shows its trials table, the plot of the best score
+and the best instructions. No "IOPub message rate exceeded" anywhere; screenshots are kept
+(the folder is printed; env SNAKEPIT_NB_ARTIFACTS moves it).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A JupyterLab server on 127.0.0.1, a random port, a fresh workspace; always stopped."""
     root = tmp_path / "root"
     root.mkdir()
-    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", root / "quickstart.ipynb")
+    for notebook in ("quickstart.ipynb", "dspy_exploration.ipynb"):
+        shutil.copy(ROOT / "notebooks" / notebook, root / notebook)
     runtime = tmp_path / "runtime"
     token = secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}
@@ -90,6 +93,43 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
         log.close()
 
 
+def open_and_run_all(page: Any, lab: dict[str, Any], notebook: str) -> None:
+    """Open ``notebook`` in JupyterLab, run every cell, wait until all ran and the kernel idles."""
+    page.goto(f"{lab['url']}/lab/tree/{notebook}?token={lab['token']}&reset")
+    page.wait_for_function(
+        "() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=90_000
+    )
+    # Wait for the kernel to be ready, then run every cell.
+    page.wait_for_function(
+        """() => {
+            const w = window.jupyterapp.shell.currentWidget;
+            const k = w && w.sessionContext && w.sessionContext.session
+                && w.sessionContext.session.kernel;
+            return k && k.status === 'idle';
+        }""",
+        timeout=90_000,
+    )
+    # JupyterLab asks about news in a toast on first start: answer it, out of the way.
+    page.evaluate(
+        "window.jupyterapp.commands.execute('apputils:dismiss-notification', {}).catch(() => {})"
+    )
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    n_code = page.evaluate("document.querySelectorAll('.jp-Notebook .jp-CodeCell').length")
+    # Every code cell got an execution count and the kernel is idle again.
+    page.wait_for_function(
+        """(n) => {
+            const prompts = [...document.querySelectorAll(
+                '.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')];
+            const done = prompts.filter(p => /\\[\\d+\\]/.test(p.textContent));
+            const w = window.jupyterapp.shell.currentWidget;
+            const k = w.sessionContext.session.kernel;
+            return done.length === n && k.status === 'idle';
+        }""",
+        arg=n_code,
+        timeout=180_000,
+    )
+
+
 def test_quickstart_runs_in_jupyterlab(lab: dict[str, Any]) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -101,40 +141,7 @@ def test_quickstart_runs_in_jupyterlab(lab: dict[str, Any]) -> None:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 2400})
-            page.goto(f"{lab['url']}/lab/tree/quickstart.ipynb?token={lab['token']}&reset")
-            page.wait_for_function(
-                "() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=90_000
-            )
-            # Wait for the kernel to be ready, then run every cell.
-            page.wait_for_function(
-                """() => {
-                    const w = window.jupyterapp.shell.currentWidget;
-                    const k = w && w.sessionContext && w.sessionContext.session
-                        && w.sessionContext.session.kernel;
-                    return k && k.status === 'idle';
-                }""",
-                timeout=90_000,
-            )
-            # JupyterLab asks about news in a toast on first start: answer it, out of the way.
-            page.evaluate(
-                "window.jupyterapp.commands.execute('apputils:dismiss-notification', {})"
-                ".catch(() => {})"
-            )
-            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            n_code = page.evaluate("document.querySelectorAll('.jp-Notebook .jp-CodeCell').length")
-            # Every code cell got an execution count and the kernel is idle again.
-            page.wait_for_function(
-                """(n) => {
-                    const prompts = [...document.querySelectorAll(
-                        '.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')];
-                    const done = prompts.filter(p => /\\[\\d+\\]/.test(p.textContent));
-                    const w = window.jupyterapp.shell.currentWidget;
-                    const k = w.sessionContext.session.kernel;
-                    return done.length === n && k.status === 'idle';
-                }""",
-                arg=n_code,
-                timeout=180_000,
-            )
+            open_and_run_all(page, lab, "quickstart.ipynb")
             stream_text = page.inner_text(".snakepit-stream-result pre.snakepit-stream-value")
             value_output = page.evaluate(
                 """() => {
@@ -164,3 +171,41 @@ def test_quickstart_runs_in_jupyterlab(lab: dict[str, Any]) -> None:
     assert temperature.strip() == "1.25"
     assert "IOPub message rate exceeded" not in body
     assert "IOPub message rate exceeded" not in lab["log"].read_text()
+
+
+def test_the_dspy_notebook_shows_the_optimizer_live_in_jupyterlab(lab: dict[str, Any]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed: apt-get install chromium"
+    shots = artifacts_dir()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 2400})
+            open_and_run_all(page, lab, "dspy_exploration.ipynb")
+            view = page.locator(".snakepit-dspy-optimization").first
+            view.scroll_into_view_if_needed()
+            trials = page.locator(".snakepit-dspy-optimization .snakepit-dspy-trials tbody tr")
+            n_trials = trials.count()
+            plot_dots = page.locator(".snakepit-dspy-optimization svg.snakepit-dspy-plot circle")
+            n_dots = plot_dots.count()
+            best = page.inner_text(".snakepit-dspy-optimization .snakepit-dspy-best")
+            header = page.inner_text(".snakepit-dspy-optimization > div")
+            rows = page.locator(".snakepit-dspy-evaluation .snakepit-dspy-rows tbody tr").count()
+            history = page.locator(".snakepit-dspy-history .snakepit-dspy-call").count()
+            errors = page.locator(".jp-OutputArea-output[data-mime-type*='error']").count()
+            body = page.inner_text("body")
+            view.screenshot(path=str(shots / "dspy-optimizer.png"))
+            page.screenshot(path=str(shots / "dspy.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == 0, body[-3000:]
+    assert n_trials >= 6  # the baseline, MIPROv2's trials and the final score
+    assert n_dots == n_trials  # one point per trial in the plot
+    assert "best so far" in best
+    assert "only" in best  # the proposed instruction that won: short answers
+    assert "→ 100.0 %" in header
+    assert rows == 10  # every example of the evaluation
+    assert history >= 1
+    assert "IOPub message rate exceeded" not in body

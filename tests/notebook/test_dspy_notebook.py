@@ -48,6 +48,13 @@ def test_dspy_notebook_runs_and_shows_the_workflow(tmp_path: Path) -> None:
     assert "after: 'LIMA'" in text
     assert "exact match before: " in text
     assert "t=1.6:" in text
+    shown = text + json.dumps(nb.metadata.get("widgets", {}))  # outputs and widget state
+    # The optimizer's live view: trials, the plot of the best score, the best instructions.
+    for part in ("snakepit-dspy-trials", "snakepit-dspy-plot", "snakepit-dspy-best"):
+        assert part in shown, part
+    assert "snakepit-dspy-rows" in text  # the evaluation table
+    assert "instructions now: " in text
+    assert "10/10" in text  # batch progress
     assert "snakepit-dspy-history" in text  # the history view (HTML)
     assert "User message:" in text  # and its text form, from %snakepit dspy history
     assert "the repeated call sent 0 new request(s)" in text  # the shared cache, over HTTP

@@ -42,8 +42,8 @@ from .programs import (
 from .runtime import CallSetup
 from .saving import SavingTools
 from .store import Definition
-from .streaming import run_prediction, stream_prediction
-from .toolkit import KNOBS, check_inputs, describe_program
+from .streaming import parallel_predictions, run_prediction, stream_prediction
+from .toolkit import KNOBS, check_inputs, check_threads, describe_program
 from .tuning import TuningTools
 
 __all__ = ["DSPyAdapter"]
@@ -266,6 +266,35 @@ class DSPyAdapter(TuningTools, SavingTools):
         finally:
             self._stop(run)
         ctx.set_result(await self._finish_run(ctx, setup, inputs, run.result))
+
+    @tool(name="dspy.batch", required_variables=KNOBS)
+    async def batch(
+        self,
+        ctx: SessionContext,
+        *,
+        name: str,
+        inputs: list[dict[str, Any]],
+        config: dict[str, Any] | None = None,
+        num_threads: int = 4,
+        api_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Run the program on every inputs dict in this worker, ``num_threads`` at a time
+        (DSPy's own ``dspy.Parallel``: for a model behind an API, many calls in flight from
+        one worker). Returns ``{"predictions": [...]}`` in input order.
+
+        To spread inputs over the pool instead, call ``dspy.run`` once per input
+        (``session.map("dspy.run", [{"name": ..., "inputs": ...}, ...])``, which is what
+        ``Program.batch`` does).
+        """
+        threads = check_threads(num_threads)
+        if not isinstance(inputs, list) or not inputs:
+            raise InvalidArgumentError("inputs must be a non-empty list of inputs dicts")
+        setup = await self._prepare(ctx, name, config, api_key)
+        for item in inputs:
+            check_inputs(setup, item if isinstance(item, dict) else {})
+        predictions = await asyncio.to_thread(parallel_predictions, setup, inputs, threads)
+        await self._finish_run(ctx, setup, {"batch": len(inputs)}, {"batch": len(predictions)})
+        return {"predictions": predictions, "worker_id": ctx.worker_id, "pid": os.getpid()}
 
     async def _finish_run(
         self, ctx: SessionContext, setup: CallSetup, inputs: dict[str, Any], prediction: Any

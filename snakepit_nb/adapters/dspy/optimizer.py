@@ -74,6 +74,28 @@ def snapshot(program: Any) -> tuple[dict[str, str], dict[str, int]]:
     return instructions, demos
 
 
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    text = str(value)
+    return text if len(text) <= 2000 else text[:2000] + "..."
+
+
+def row_of(example: Any, prediction: Any) -> dict[str, Any]:
+    """One example of an evaluation: its inputs, the gold labels and the prediction."""
+    inputs = dict(example.inputs())
+    labels = {k: v for k, v in dict(example.labels()).items() if k not in inputs}
+    try:
+        predicted = dict(prediction) if prediction is not None else None
+    except (TypeError, ValueError):
+        predicted = {"value": prediction}
+    return {"inputs": _plain(inputs), "gold": _plain(labels), "prediction": _plain(predicted)}
+
+
 def _accepts_five(metric: Metric) -> bool:
     try:
         inspect.signature(metric).bind(None, None, None, None, None)
@@ -101,6 +123,7 @@ class Progress:
     candidates: int = 0
     best: float | None = None
     full_size: int = 0
+    detail: bool = False
     scores: list[float] = field(default_factory=list)
     _started: dict[str, tuple[dict[str, str], dict[str, int], int]] = field(default_factory=dict)
 
@@ -121,14 +144,15 @@ class Progress:
             else:
                 value = metric(example, prediction, trace)
             self.examples += 1
-            self.run.emit(
-                {
-                    "type": "example",
-                    "phase": self.phase,
-                    "n": self.examples,
-                    "score": _score_of(value),
-                }
-            )
+            event: dict[str, Any] = {
+                "type": "example",
+                "phase": self.phase,
+                "n": self.examples,
+                "score": _score_of(value),
+            }
+            if self.detail:  # an evaluation shows each example as it is scored
+                event.update(total=self.full_size, **row_of(example, prediction))
+            self.run.emit(event)
             # A bool is a score to DSPy, but GEPA would show the model "a score of True".
             return float(value) if isinstance(value, bool) else value
 
@@ -230,10 +254,11 @@ def evaluate(
     metric: Metric,
     num_threads: int = 1,
 ) -> dict[str, Any]:
-    """Score ``program`` on ``devset``; the result has ``score`` and per-example ``results``."""
+    """Score ``program`` on ``devset``; the result has ``score`` (a percentage) and ``rows``:
+    each example's ``inputs``, ``gold`` labels, ``prediction`` and ``score``."""
     import dspy
 
-    progress = Progress(run, phase="evaluate")
+    progress = Progress(run, phase="evaluate", full_size=len(devset), detail=True)
     with dspy.context(lm=lm, callbacks=[progress.callback()]):
         result = dspy.Evaluate(
             devset=devset,
@@ -243,11 +268,10 @@ def evaluate(
         )(program)
     return {
         "score": float(result.score),
-        "results": [
+        "rows": [
             {
-                "example": dict(example.inputs()),
-                "prediction": dict(prediction) if prediction is not None else None,
-                "score": float(score) if isinstance(score, int | float) else 0.0,
+                **row_of(example, prediction),
+                "score": _score_of(score) if score is not None else 0.0,
             }
             for example, prediction, score in result.results
         ],

@@ -17,7 +17,7 @@ from typing import Any
 from .background import BackgroundRun
 from .runtime import CallSetup
 
-__all__ = ["plain_prediction", "run_prediction", "stream_prediction"]
+__all__ = ["parallel_predictions", "plain_prediction", "run_prediction", "stream_prediction"]
 
 
 def plain_prediction(prediction: Any) -> dict[str, Any]:
@@ -38,6 +38,18 @@ def run_prediction(setup: CallSetup, inputs: dict[str, Any]) -> dict[str, Any]:
     with dspy.context(lm=setup.lm):
         prediction = setup.program(**inputs)
     return plain_prediction(prediction)
+
+
+def parallel_predictions(
+    setup: CallSetup, inputs: list[dict[str, Any]], num_threads: int
+) -> list[dict[str, Any]]:
+    """Run the program on each inputs dict with DSPy's ``Parallel`` threads, in order."""
+    import dspy
+
+    examples = [dspy.Example(**item).with_inputs(*item) for item in inputs]
+    with dspy.context(lm=setup.lm):
+        predictions = setup.program.batch(examples, num_threads=num_threads, max_errors=0)
+    return [plain_prediction(p) for p in predictions]
 
 
 def stream_prediction(run: BackgroundRun, setup: CallSetup, inputs: dict[str, Any]) -> Any:

@@ -37,14 +37,16 @@ class TuningTools(DSPyToolkit):
         *,
         name: str,
         devset: list[dict[str, Any]] | None = None,
-        metric: str = "exact_match",
+        metric: str | dict[str, Any] = "exact_match",
         field: str | None = None,
         num_threads: int = 1,
         api_key: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Score the program on ``devset`` (default: the shipped dev set); streams progress.
 
-        The final value is ``{"score": percent, "results": [...]}``.
+        Each example streams as it is scored (``inputs``, ``gold``, ``prediction``, ``score``);
+        the final value is ``{"score": percent, "rows": [...]}``. ``metric`` is a built-in
+        name, a ``"module:function"`` path or a notebook function's ``{"source", "name"}``.
         """
         setup = await self._prepare(ctx, name, None, api_key)
         rows = devset if devset is not None else shipped_rows(setup, shipped_devset)
@@ -80,7 +82,7 @@ class TuningTools(DSPyToolkit):
         optimizer: str = "BootstrapFewShot",
         trainset: list[dict[str, Any]] | None = None,
         valset: list[dict[str, Any]] | None = None,
-        metric: str = "exact_match",
+        metric: str | dict[str, Any] = "exact_match",
         field: str | None = None,
         params: dict[str, Any] | None = None,
         target: str | None = None,

@@ -288,6 +288,22 @@ class StreamHandle:
         display(bundle, raw=True)  # type: ignore[no-untyped-call]
 
 
+# Tools whose chunks have a view of their own (tables, plots) instead of the tail of lines:
+# tool-name prefix -> module with ``render(tool, chunks, result, done)`` and
+# ``result_html(tool, result)``, each returning HTML or None.
+TOOL_VIEWS: dict[str, str] = {"dspy.": "snakepit_nb.adapters.dspy.kernel.views"}
+
+
+def tool_view(tool: str) -> Any:
+    """The view module for ``tool``'s chunks, or None for the plain tail."""
+    import importlib
+
+    for prefix, module in TOOL_VIEWS.items():
+        if tool.startswith(prefix):
+            return importlib.import_module(module)
+    return None
+
+
 class StreamView(DisplayedView):
     """Header, bounded tail and final value of one stream, as three HTML widgets."""
 
@@ -379,6 +395,12 @@ class StreamView(DisplayedView):
 
     def _tail_html(self) -> str:
         h = self.handle
+        view = tool_view(h.tool)
+        if view is not None:
+            done = h.done()
+            shown = view.render(h.tool, list(h.chunks), h.result if done else None, done)
+            if shown is not None:
+                return str(shown)
         text = h.tail.text()
         if not text:
             return ""
@@ -405,6 +427,13 @@ class StreamView(DisplayedView):
             return (
                 f'<div style="color:{fmt.MUTED};font-family:{fmt.FONT};font-size:12px">'
                 f"cancelled after {fmt.count(len(h.chunks))} chunks</div>"
+            )
+        view = tool_view(h.tool)
+        summary = view.result_html(h.tool, h.result) if view is not None else None
+        if summary is not None:
+            return (
+                f'<div class="snakepit-stream-value" style="font-family:{fmt.FONT};'
+                f'font-size:12px">{summary}</div>'
             )
         text, cut = fmt.full_repr(h.value)
         note = (

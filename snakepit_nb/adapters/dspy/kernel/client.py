@@ -16,6 +16,8 @@ imports DSPy, and a program handle stays valid whichever worker serves the next 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from snakepit_nb.adapters.dspy.programs import ProgramVariables, validate_progra
 
 from .credentials import Credentials
 from .history import History, read_history
+from .runs import DSPyRun, Evaluation, metric_argument
 
 __all__ = ["DSPy", "Program"]
 
@@ -184,15 +187,86 @@ class Program:
             "dspy.run", name=self.name, inputs=inputs, config=config, **self.credentials.arguments()
         )
 
-    def stream(self, _config: dict[str, Any] | None = None, **inputs: Any) -> Any:
+    def stream(self, _config: dict[str, Any] | None = None, **inputs: Any) -> DSPyRun:
         """Stream the output fields as they are generated (token and status chunks)."""
-        return self.session.stream(
-            "dspy.stream",
+        return DSPyRun(
+            self.session.stream(
+                "dspy.stream",
+                name=self.name,
+                inputs=inputs,
+                config=_config,
+                **self.credentials.arguments(),
+            )
+        )
+
+    def batch(
+        self,
+        inputs: list[dict[str, Any]],
+        *,
+        config: dict[str, Any] | None = None,
+        num_threads: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Run the program on each inputs dict; predictions in input order.
+
+        By default the inputs are spread over the pool, one ``dspy.run`` call each (in a few
+        ``session.map`` slices); ``progress(done, total)`` is called as slices finish (from
+        the loop thread), and a failing input raises (or, with ``return_exceptions``, stands
+        in the list as its error). With ``num_threads`` they run in one worker instead, that many at
+        a time with DSPy's ``dspy.Parallel`` (for a model behind an API).
+        """
+        if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+            raise ValueError("batch takes a list of inputs dicts, e.g. [{'question': ...}, ...]")
+        key = self.credentials.arguments()
+        if num_threads is not None:
+            done: dict[str, Any] = self.session.call(
+                "dspy.batch",
+                name=self.name,
+                inputs=inputs,
+                config=config,
+                num_threads=num_threads,
+                **key,
+            )
+            if progress is not None:
+                progress(len(inputs), len(inputs))
+            return list(done["predictions"])
+        total = len(inputs)
+        # A few slices, each a session.map spread over the pool; progress as slices finish.
+        size = max(1, math.ceil(total / 8))
+        slices = [inputs[k : k + size] for k in range(0, total, size)]
+
+        async def one(asession: Any, part: list[dict[str, Any]], counter: list[int]) -> Any:
+            calls = [{"name": self.name, "inputs": item, "config": config, **key} for item in part]
+            try:
+                return await asession.map("dspy.run", calls, return_exceptions=return_exceptions)
+            finally:
+                counter[0] += len(part)
+                if progress is not None:
+                    progress(counter[0], total)
+
+        async def run_all() -> list[Any]:
+            import asyncio
+
+            asession = self.session._async
+            counter = [0]
+            parts = await asyncio.gather(*(one(asession, part, counter) for part in slices))
+            return [r for part in parts for r in part]
+
+        results = self.session._run(run_all())
+        return [r if isinstance(r, BaseException) else r["prediction"] for r in results]
+
+    async def acall(self, _config: dict[str, Any] | None = None, **inputs: Any) -> dict[str, Any]:
+        """``await program.acall(question=...)``: the prediction, without blocking the loop."""
+        result = await self.session._async.call(
+            "dspy.run",
             name=self.name,
             inputs=inputs,
             config=_config,
             **self.credentials.arguments(),
         )
+        prediction: dict[str, Any] = result["prediction"]
+        return prediction
 
     # -- what people edit ----------------------------------------------------------------
     def _predictor(self, predictor: str | None) -> str:
@@ -244,14 +318,29 @@ class Program:
         return list(self.inspect_history(n))
 
     # -- scoring and optimizing ----------------------------------------------------------
-    def evaluate(self, devset: list[dict[str, Any]] | None = None, **options: Any) -> Any:
-        """Score on ``devset`` (default: the shipped one); a stream whose result has ``score``."""
-        return self.session.stream(
-            "dspy.evaluate",
-            name=self.name,
-            devset=devset,
-            **options,
-            **self.credentials.arguments(),
+    def evaluate(
+        self,
+        devset: list[dict[str, Any]] | None = None,
+        *,
+        metric: Any = "exact_match",
+        **options: Any,
+    ) -> Evaluation:
+        """Score on ``devset`` (default: the shipped one): an ``Evaluation`` whose events
+        stream as examples are scored, with ``score`` and ``rows`` (inputs, gold, prediction,
+        score per example) at the end. ``metric``: a built-in name (``exact_match``,
+        ``contains``, ...), a ``"module:function"`` path, or a function defined in the
+        notebook ``(example, prediction, trace=None) -> float | bool`` (sent as its source;
+        imports it needs go inside it). Options: ``field``, ``num_threads``.
+        """
+        return Evaluation(
+            self.session.stream(
+                "dspy.evaluate",
+                name=self.name,
+                devset=devset,
+                metric=metric_argument(metric),
+                **options,
+                **self.credentials.arguments(),
+            )
         )
 
     def optimize(
@@ -262,7 +351,7 @@ class Program:
         prompt_model: dict[str, Any] | str | None = None,
         reflection_model: dict[str, Any] | str | None = None,
         **options: Any,
-    ) -> Any:
+    ) -> DSPyRun:
         """Run an optimizer; a stream of progress events (trials) whose result sums it up.
 
         ``optimizer``: LabeledFewShot, BootstrapFewShot, BootstrapFewShotWithRandomSearch,
@@ -290,14 +379,18 @@ class Program:
             if resolved := found.key():
                 keys[role] = resolved
             roles[f"{role}_model"] = settings
-        return self.session.stream(
-            "dspy.optimize",
-            name=self.name,
-            optimizer=optimizer,
-            **roles,
-            **options,
-            **({"model_keys": keys} if keys else {}),
-            **self.credentials.arguments(),
+        if "metric" in options:
+            options["metric"] = metric_argument(options["metric"])
+        return DSPyRun(
+            self.session.stream(
+                "dspy.optimize",
+                name=self.name,
+                optimizer=optimizer,
+                **roles,
+                **options,
+                **({"model_keys": keys} if keys else {}),
+                **self.credentials.arguments(),
+            )
         )
 
     # -- files -----------------------------------------------------------------------------
