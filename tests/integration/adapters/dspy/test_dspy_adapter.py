@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dspy_support import start_dspy_pool, wait_for
 
 import snakepit_nb as sp
 from snakepit_nb.adapters.dspy import DSPy, Program
@@ -21,48 +22,9 @@ from snakepit_nb.adapters.dspy.devset import devset
 
 pytestmark = pytest.mark.integration
 
-ADAPTER = "snakepit_nb.adapters.dspy:DSPyAdapter"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
 
 def start_pool(log: Path, workers: int, **extra_env: str) -> Any:
-    env = {"SNAKEPIT_NB_NO_NETWORK": "1", "SNAKEPIT_NB_NETWORK_LOG": str(log), **extra_env}
-    return sp.start(workers=workers, adapter=ADAPTER, env=env, startup_timeout=60.0)
-
-
-@pytest.fixture(scope="module")
-def network_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("dspy") / "network.log"
-
-
-@pytest.fixture(scope="module")
-def pool(network_log: Path) -> Iterator[Any]:
-    """Two DSPy workers shared by this module's tests (each test uses its own session)."""
-    client = start_pool(network_log, workers=2)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def d(pool: Any, request: pytest.FixtureRequest, network_log: Path) -> Iterator[DSPy]:
-    session = pool.session(f"t-{request.node.name}"[:60])
-    helper = DSPy(session)
-    helper.configure_lm("fake/rules", temperature=0.0)
-    yield helper
-    # Nothing in these tests may reach for the network (the guard would have logged it).
-    assert not network_log.exists() or network_log.read_text() == ""
+    return start_dspy_pool(log, workers, **extra_env)
 
 
 def answers(program: Program, rows: list[dict[str, str]]) -> list[str]:

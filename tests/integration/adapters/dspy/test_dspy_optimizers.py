@@ -5,12 +5,10 @@ teacher/prompt/reflection roles; trials streamed with what each candidate tried.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from dspy_support import wait_for
 
 import snakepit_nb as sp
 from snakepit_nb.adapters.dspy import DSPy, Program
@@ -19,42 +17,7 @@ from snakepit_nb.adapters.dspy.models.openai_server import OpenAIStub
 
 pytestmark = pytest.mark.integration
 
-ADAPTER = "snakepit_nb.adapters.dspy:DSPyAdapter"
 ORIGINAL = "Given the fields `question`, produce the fields `answer`."
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-@pytest.fixture(scope="module")
-def network_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("dspy-opt") / "network.log"
-
-
-@pytest.fixture(scope="module")
-def pool(network_log: Path) -> Iterator[Any]:
-    env = {"SNAKEPIT_NB_NO_NETWORK": "1", "SNAKEPIT_NB_NETWORK_LOG": str(network_log)}
-    client = sp.start(workers=2, adapter=ADAPTER, env=env, startup_timeout=60.0)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def d(pool: Any, request: pytest.FixtureRequest, network_log: Path) -> Iterator[DSPy]:
-    helper = DSPy(pool.session(f"o-{request.node.name}"[:60]))
-    helper.configure_lm("fake/rules", temperature=0.0)
-    yield helper
-    assert not network_log.exists() or network_log.read_text() == ""
 
 
 def readable(text: str) -> bool:

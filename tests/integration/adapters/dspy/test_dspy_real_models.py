@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dspy_support import start_dspy_pool
+from dspy_support import wait_for as wait_until_true
 
 import snakepit_nb as sp
 from snakepit_nb.adapters.dspy import DSPy
@@ -25,30 +26,15 @@ from snakepit_nb.adapters.dspy.models.openai_server import OpenAIStub
 
 pytestmark = pytest.mark.integration
 
-ADAPTER = "snakepit_nb.adapters.dspy:DSPyAdapter"
 
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = condition()
-        except (sp.WorkerUnavailableError, sp.RemoteToolError, sp.WorkerCrashedError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    """Until ``condition`` holds, counting a call that finds no live worker as not yet."""
+    unavailable = (sp.WorkerUnavailableError, sp.RemoteToolError, sp.WorkerCrashedError)
+    return wait_until_true(condition, 30.0, what, tolerate=unavailable)
 
 
 def start_pool(tmp: Path, workers: int = 2) -> Any:
-    env = {
-        "SNAKEPIT_NB_NO_NETWORK": "1",
-        "SNAKEPIT_NB_NETWORK_LOG": str(tmp / "network.log"),
-        "DSPY_CACHEDIR": str(tmp / "dspy-cache"),
-    }
-    return sp.start(workers=workers, adapter=ADAPTER, env=env, startup_timeout=60.0)
+    return start_dspy_pool(tmp / "network.log", workers, DSPY_CACHEDIR=str(tmp / "dspy-cache"))
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import html
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +18,6 @@ from snakepit_nb.adapters.dspy.devset import devset
 
 pytestmark = pytest.mark.integration
 
-ADAPTER = "snakepit_nb.adapters.dspy:DSPyAdapter"
-
 
 def starts_with_the_gold(example: Any, prediction: Any, trace: Any = None) -> float:
     """A metric of the notebook's own: half a point for a sentence that holds the answer."""
@@ -31,29 +27,6 @@ def starts_with_the_gold(example: Any, prediction: Any, trace: Any = None) -> fl
     if said == gold:
         return 1.0
     return 0.5 if re.search(rf"\b{re.escape(gold)}\b", said) else 0.0
-
-
-@pytest.fixture(scope="module")
-def network_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("dspy-views") / "network.log"
-
-
-@pytest.fixture(scope="module")
-def pool(network_log: Path) -> Iterator[Any]:
-    env = {"SNAKEPIT_NB_NO_NETWORK": "1", "SNAKEPIT_NB_NETWORK_LOG": str(network_log)}
-    client = sp.start(workers=2, adapter=ADAPTER, env=env, startup_timeout=60.0)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def d(pool: Any, request: pytest.FixtureRequest, network_log: Path) -> Iterator[DSPy]:
-    helper = DSPy(pool.session(f"v-{request.node.name}"[:60]))
-    helper.configure_lm("fake/rules", temperature=0.0)
-    yield helper
-    assert not network_log.exists() or network_log.read_text() == ""
 
 
 def text_of(page: str) -> str:
