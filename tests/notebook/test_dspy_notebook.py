@@ -54,6 +54,8 @@ def test_dspy_notebook_runs_and_shows_the_workflow(tmp_path: Path) -> None:
         assert part in shown, part
     assert "snakepit-dspy-rows" in text  # the evaluation table
     assert "instructions now: " in text
+    assert "['rewrite', 'answer.predict']" in text  # the two-step module's predictors
+    assert "'answer': 'TOKYO'" in text  # its second step's instructions, edited
     assert "10/10" in text  # batch progress
     assert "snakepit-dspy-history" in text  # the history view (HTML)
     assert "User message:" in text  # and its text form, from %snakepit dspy history

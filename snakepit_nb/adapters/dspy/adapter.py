@@ -35,7 +35,9 @@ from .models.cache import default_cache_dir
 from .models.lm import LM_VARIABLE, TEMPERATURE_VARIABLE, LMSettings, validate_temperature
 from .programs import (
     ProgramVariables,
+    build_module,
     build_program,
+    module_fields,
     validate_demos,
     validate_program_name,
 )
@@ -135,17 +137,36 @@ class DSPyAdapter(TuningTools, SavingTools):
         ctx: SessionContext,
         *,
         name: str,
-        signature: str,
+        signature: str | None = None,
         module: str = "Predict",
         instructions: str | None = None,
         demos: list[dict[str, Any]] | None = None,
+        module_class: str | None = None,
+        init: dict[str, Any] | None = None,
+        state: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Define (or redefine) a program from a signature such as ``"question -> answer"``.
-
-        ``module`` is ``Predict`` or ``ChainOfThought``. Writes the program's variables
-        (``<name>.spec``, ``.state``, ``.instructions``, ``.demos``) and returns its summary.
+        """Define (or redefine) a program from a signature such as ``"question -> answer"``
+        (``module``: ``Predict`` or ``ChainOfThought``), or from a ``dspy.Module`` class of
+        any shape, ``module_class="package.module:ClassName"`` (importable in the workers;
+        ``init``: its constructor's keyword arguments; ``state``: a ``dump_state()`` to start
+        from). Writes the program's variables (``<name>.spec``, ``.state``, and each
+        predictor's ``.instructions`` and ``.demos``) and returns its summary.
         """
         validate_program_name(name)
+        if (signature is None) == (module_class is None):
+            raise InvalidArgumentError(
+                "pass a signature such as 'question -> answer' or a module_class such as "
+                "'mypkg.programs:RAG', not both; nothing was changed"
+            )
+        if module_class is not None:
+            return await self._define_module(
+                ctx,
+                name,
+                module_class=module_class,
+                init=init,
+                state=state,
+                instructions=instructions,
+            )
 
         def build() -> tuple[dict[str, Any], Any]:
             program = build_program(module, signature)
@@ -162,6 +183,47 @@ class DSPyAdapter(TuningTools, SavingTools):
                 "predictors": [n for n, _ in program.named_predictors()],
                 "inputs": list(predictor.signature.input_fields),
                 "outputs": list(predictor.signature.output_fields),
+            }
+            return spec, program
+
+        spec, program = await asyncio.to_thread(build)
+        names = ProgramVariables(name, tuple(spec["predictors"]))
+        await self._write_program(ctx, names, spec, program)
+        self.runtime.forget(ctx.session_id, name)
+        return describe_program(names, spec, program)
+
+    async def _define_module(
+        self,
+        ctx: SessionContext,
+        name: str,
+        *,
+        module_class: str,
+        init: dict[str, Any] | None,
+        state: dict[str, Any] | None,
+        instructions: str | None,
+    ) -> dict[str, Any]:
+        def build() -> tuple[dict[str, Any], Any]:
+            program = build_module(module_class, init)
+            if state is not None:
+                try:
+                    program.load_state(state)
+                except Exception as exc:
+                    raise InvalidArgumentError(
+                        f"the state does not fit {module_class} ({type(exc).__name__}: {exc}); "
+                        "nothing was changed"
+                    ) from exc
+            if instructions is not None:
+                for _, p in program.named_predictors():
+                    p.signature = p.signature.with_instructions(instructions)
+            inputs, outputs = module_fields(program)
+            spec = {
+                "class": module_class,
+                "init": dict(init or {}),
+                "module": module_class.rpartition(":")[2],
+                "signature": f"{', '.join(inputs)} -> {', '.join(outputs)}",
+                "predictors": [n for n, _ in program.named_predictors()],
+                "inputs": inputs,
+                "outputs": outputs,
             }
             return spec, program
 

@@ -25,6 +25,8 @@ keyed by the versions of its variables.
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
 import json
 import re
 import threading
@@ -39,9 +41,12 @@ __all__ = [
     "MODULES",
     "ProgramCache",
     "ProgramVariables",
+    "build_module",
     "build_program",
+    "build_program_from_spec",
     "compose_program",
     "decompose_program",
+    "module_fields",
     "validate_demos",
     "validate_program_name",
 ]
@@ -148,6 +153,69 @@ def build_program(module: object, signature: object) -> Any:
         ) from exc
 
 
+_CLASS_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def build_module(path: object, init: Mapping[str, Any] | None = None) -> Any:
+    """An instance of a ``dspy.Module`` class named ``"package.module:ClassName"``.
+
+    The class must be importable in the worker; ``init`` are its constructor's keyword
+    arguments (JSON values).
+    """
+    if not isinstance(path, str) or not _CLASS_PATH.match(path):
+        raise InvalidArgumentError(
+            f"a module class is named 'package.module:ClassName', got {path!r}; nothing was changed"
+        )
+    dspy = _dspy()
+    module_name, _, qualname = path.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidArgumentError(
+            f"the module class {path!r} cannot be imported in the worker ({exc}); make its "
+            "file importable by the workers (sp.start(env={'PYTHONPATH': ...}))"
+        ) from exc
+    if not (isinstance(found, type) and issubclass(found, dspy.Module)):
+        raise InvalidArgumentError(f"{path!r} is not a dspy.Module class")
+    try:
+        program = found(**dict(init or {}))
+    except Exception as exc:
+        raise InvalidArgumentError(
+            f"{path}(**{dict(init or {})!r}) failed ({type(exc).__name__}: {exc}); pass its "
+            "constructor's arguments with init={...}; nothing was changed"
+        ) from exc
+    if not program.named_predictors():
+        raise InvalidArgumentError(f"{path} has no predictors (dspy.Predict and the like)")
+    return program
+
+
+def build_program_from_spec(spec: Mapping[str, Any]) -> Any:
+    """A fresh program from a ``<name>.spec`` value: a module class, or module + signature."""
+    if spec.get("class"):
+        return build_module(spec["class"], spec.get("init"))
+    return build_program(spec.get("module"), spec.get("signature"))
+
+
+def module_fields(program: Any) -> tuple[list[str], list[str]]:
+    """A program's inputs (its ``forward`` parameters) and outputs (its last predictor's)."""
+    predictors = program.named_predictors()
+    outputs = list(predictors[-1][1].signature.output_fields)
+    try:
+        parameters = list(inspect.signature(program.forward).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    inputs = [
+        p.name
+        for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+    ]
+    if not inputs:  # forward(**kwargs): the first predictor's inputs
+        inputs = list(predictors[0][1].signature.input_fields)
+    return inputs, outputs
+
+
 def _jsonable(value: Any) -> Any:
     """Demos may hold DSPy objects (Examples, Predictions); keep their JSON content."""
     return json.loads(json.dumps(value, default=lambda o: getattr(o, "toDict", lambda: str(o))()))
@@ -186,7 +254,7 @@ def compose_program(
     demos: Mapping[str, Sequence[Any] | None],
 ) -> Any:
     """Rebuild a program from its variables (the inverse of ``decompose_program``)."""
-    program = build_program(spec.get("module"), spec.get("signature"))
+    program = build_program_from_spec(spec)
     full = copy.deepcopy(dict(state or {}))
     for name, predictor in program.named_predictors():
         entry = _entry(full, name)

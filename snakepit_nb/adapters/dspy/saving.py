@@ -12,7 +12,12 @@ from snakepit_nb._errors import InvalidArgumentError
 from snakepit_nb.tools.adapter import tool
 from snakepit_nb.worker.context import SessionContext
 
-from .programs import ProgramVariables, build_program, validate_program_name
+from .programs import (
+    ProgramVariables,
+    build_program_from_spec,
+    module_fields,
+    validate_program_name,
+)
 from .toolkit import KNOBS, DSPyToolkit, describe_program
 
 __all__ = ["SavingTools"]
@@ -74,7 +79,7 @@ class SavingTools(DSPyToolkit):
                 spec["module"] = module
             if signature is not None:
                 spec["signature"] = signature
-            program = build_program(spec.get("module"), spec.get("signature"))
+            program = build_program_from_spec(spec)
             state = {k: v for k, v in saved.items() if k not in ("metadata", "snakepit_nb")}
             try:
                 program.load_state(state)
@@ -84,10 +89,18 @@ class SavingTools(DSPyToolkit):
                     f"{spec.get('signature')!r} ({type(exc).__name__}: {exc}); nothing was changed"
                 ) from exc
             (_, predictor), *_ = program.named_predictors()
+            inputs, outputs = (
+                module_fields(program)
+                if spec.get("class")
+                else (
+                    list(predictor.signature.input_fields),
+                    list(predictor.signature.output_fields),
+                )
+            )
             spec.update(
                 predictors=[n for n, _ in program.named_predictors()],
-                inputs=list(predictor.signature.input_fields),
-                outputs=list(predictor.signature.output_fields),
+                inputs=inputs,
+                outputs=outputs,
             )
             return spec, program
 

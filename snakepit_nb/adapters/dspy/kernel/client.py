@@ -104,13 +104,23 @@ class DSPy:
     def program(
         self,
         name: str,
-        signature: str,
+        signature: Any,
         *,
         module: str = "Predict",
         instructions: str | None = None,
         demos: list[dict[str, Any]] | None = None,
+        init: dict[str, Any] | None = None,
     ) -> Program:
-        """Define (or redefine) a program and return its handle."""
+        """Define (or redefine) a program and return its handle.
+
+        ``signature`` is a signature string (``"question -> answer"``, with ``module``
+        ``Predict`` or ``ChainOfThought``) or a ``dspy.Module`` class or instance of any
+        shape (several predictors, your own ``forward``). The workers import the class by
+        its name, so it must live in a file they can import (``init``: its constructor's
+        keyword arguments); an instance's instructions and demos come along.
+        """
+        if not isinstance(signature, str):
+            return self._program_from_module(name, signature, init, instructions)
         described = self.session.call(
             "dspy.define_program",
             name=name,
@@ -118,6 +128,34 @@ class DSPy:
             module=module,
             instructions=instructions,
             demos=demos,
+        )
+        return Program(self.session, described, self.credentials)
+
+    def _program_from_module(
+        self, name: str, module: Any, init: dict[str, Any] | None, instructions: str | None
+    ) -> Program:
+        cls = module if isinstance(module, type) else type(module)
+        if not callable(getattr(cls, "named_predictors", None)):
+            raise TypeError(
+                f"a program is a signature string or a dspy.Module class or instance, got "
+                f"{cls.__name__}"
+            )
+        if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+            raise ValueError(
+                f"{cls.__name__} is defined in the notebook; the workers import module classes "
+                "by name, so put it in a .py file they can import (on their PYTHONPATH) and "
+                "import it from there"
+            )
+        state = None
+        if not isinstance(module, type):
+            state = json.loads(json.dumps(module.dump_state(), default=str))
+        described = self.session.call(
+            "dspy.define_program",
+            name=name,
+            module_class=f"{cls.__module__}:{cls.__qualname__}",
+            init=init,
+            state=state,
+            instructions=instructions,
         )
         return Program(self.session, described, self.credentials)
 
@@ -269,6 +307,15 @@ class Program:
         return prediction
 
     # -- what people edit ----------------------------------------------------------------
+    @property
+    def predictors(self) -> list[str]:
+        """The program's named predictors (``["rewrite", "answer.predict"]``)."""
+        return list(self.spec["predictors"])
+
+    def predictor(self, name: str) -> Predictor:
+        """One predictor: its ``instructions`` and ``demos``, each a session variable."""
+        return Predictor(self, self._predictor(name))
+
     def _predictor(self, predictor: str | None) -> str:
         return self.variables.predictor_for(predictor)
 
@@ -400,3 +447,41 @@ class Program:
         target = Path(path)
         target.write_text(json.dumps(data, indent=2), encoding="utf-8")
         return target
+
+
+class Predictor:
+    """One predictor of a program; ``instructions`` and ``demos`` are session variables.
+
+    >>> qa.predictor("answer.predict").instructions = "Answer in uppercase."
+    >>> qa.predictor("answer.predict").instructions_variable      # to watch or roll back
+    'qa.answer.predict.instructions'
+    """
+
+    def __init__(self, program: Program, name: str) -> None:
+        self.program = program
+        self.name = name
+        self.instructions_variable = program.variables.instructions(name)
+        self.demos_variable = program.variables.demos(name)
+
+    def __repr__(self) -> str:
+        return f"<Predictor {self.name!r} of program {self.program.name!r}>"
+
+    @property
+    def instructions(self) -> str:
+        return str(self.program.session.vars[self.instructions_variable])
+
+    @instructions.setter
+    def instructions(self, text: str) -> None:
+        self.program.session.call(
+            "dspy.set_instructions", name=self.program.name, instructions=text, predictor=self.name
+        )
+
+    @property
+    def demos(self) -> list[dict[str, Any]]:
+        return list(self.program.session.vars[self.demos_variable])
+
+    @demos.setter
+    def demos(self, demos: list[dict[str, Any]]) -> None:
+        self.program.session.call(
+            "dspy.set_demos", name=self.program.name, demos=demos, predictor=self.name
+        )
