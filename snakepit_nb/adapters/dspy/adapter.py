@@ -37,7 +37,9 @@ from .programs import (
     ProgramVariables,
     build_module,
     build_program,
+    instantiate,
     module_fields,
+    notebook_class,
     validate_demos,
     validate_program_name,
 )
@@ -142,27 +144,32 @@ class DSPyAdapter(TuningTools, SavingTools):
         instructions: str | None = None,
         demos: list[dict[str, Any]] | None = None,
         module_class: str | None = None,
+        class_variable: str | None = None,
         init: dict[str, Any] | None = None,
         state: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Define (or redefine) a program from a signature such as ``"question -> answer"``
         (``module``: ``Predict`` or ``ChainOfThought``), or from a ``dspy.Module`` class of
-        any shape, ``module_class="package.module:ClassName"`` (importable in the workers;
-        ``init``: its constructor's keyword arguments; ``state``: a ``dump_state()`` to start
-        from). Writes the program's variables (``<name>.spec``, ``.state``, and each
-        predictor's ``.instructions`` and ``.demos``) and returns its summary.
+        any shape: ``module_class="package.module:ClassName"`` (importable in the workers),
+        or the notebook's own class, stored pickled by the notebook in ``class_variable``
+        (only the kernel's authenticated workers take it). ``init``: the constructor's keyword
+        arguments; ``state``: a ``dump_state()`` to start from. Writes the program's variables
+        (``<name>.spec``, ``.state``, and each predictor's ``.instructions`` and ``.demos``)
+        and returns its summary.
         """
         validate_program_name(name)
-        if (signature is None) == (module_class is None):
+        given = [x for x in (signature, module_class, class_variable) if x is not None]
+        if len(given) != 1:
             raise InvalidArgumentError(
-                "pass a signature such as 'question -> answer' or a module_class such as "
-                "'mypkg.programs:RAG', not both; nothing was changed"
+                "pass one of a signature such as 'question -> answer', a module_class such as "
+                "'mypkg.programs:RAG' or a class_variable; nothing was changed"
             )
-        if module_class is not None:
+        if module_class is not None or class_variable is not None:
             return await self._define_module(
                 ctx,
                 name,
                 module_class=module_class,
+                class_variable=class_variable,
                 init=init,
                 state=state,
                 instructions=instructions,
@@ -197,13 +204,30 @@ class DSPyAdapter(TuningTools, SavingTools):
         ctx: SessionContext,
         name: str,
         *,
-        module_class: str,
+        module_class: str | None,
+        class_variable: str | None,
         init: dict[str, Any] | None,
         state: dict[str, Any] | None,
         instructions: str | None,
     ) -> dict[str, Any]:
+        found = None
+        if class_variable is not None:
+            if class_variable != f"{name}.class":
+                raise InvalidArgumentError(
+                    f"the class of program {name!r} lives in {name}.class, not {class_variable}"
+                )
+            entry = (await self._store(ctx).read([class_variable])).get(class_variable)
+            if entry is None:
+                raise InvalidArgumentError(f"no variable {class_variable}; nothing was changed")
+            found = await asyncio.to_thread(
+                notebook_class, entry.value, entry.updated_by, class_variable
+            )
+
         def build() -> tuple[dict[str, Any], Any]:
-            program = build_module(module_class, init)
+            if found is not None:
+                program = instantiate(found, init, what=found.__name__)
+            else:
+                program = build_module(module_class, init)
             if state is not None:
                 try:
                     program.load_state(state)
@@ -217,9 +241,15 @@ class DSPyAdapter(TuningTools, SavingTools):
                     p.signature = p.signature.with_instructions(instructions)
             inputs, outputs = module_fields(program)
             spec = {
-                "class": module_class,
+                **(
+                    {"pickled": True, "class_variable": class_variable}
+                    if found is not None
+                    else {"class": module_class}
+                ),
                 "init": dict(init or {}),
-                "module": module_class.rpartition(":")[2],
+                "module": found.__name__
+                if found is not None
+                else str(module_class).rpartition(":")[2],
                 "signature": f"{', '.join(inputs)} -> {', '.join(outputs)}",
                 "predictors": [n for n, _ in program.named_predictors()],
                 "inputs": inputs,
@@ -228,7 +258,7 @@ class DSPyAdapter(TuningTools, SavingTools):
             return spec, program
 
         spec, program = await asyncio.to_thread(build)
-        names = ProgramVariables(name, tuple(spec["predictors"]))
+        names = ProgramVariables(name, tuple(spec["predictors"]), found is not None)
         await self._write_program(ctx, names, spec, program)
         self.runtime.forget(ctx.session_id, name)
         return describe_program(names, spec, program)

@@ -28,6 +28,7 @@ import copy
 import importlib
 import inspect
 import json
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -46,7 +47,9 @@ __all__ = [
     "build_program_from_spec",
     "compose_program",
     "decompose_program",
+    "instantiate",
     "module_fields",
+    "notebook_class",
     "validate_demos",
     "validate_program_name",
 ]
@@ -70,6 +73,7 @@ class ProgramVariables:
 
     name: str
     predictors: tuple[str, ...] = ()
+    pickled: bool = False  # a module class from the notebook, in ``<name>.class``
 
     @property
     def spec(self) -> str:
@@ -95,6 +99,10 @@ class ProgramVariables:
     def calls(self) -> str:
         return f"{self.name}.calls"
 
+    @property
+    def module_class(self) -> str:
+        return f"{self.name}.class"
+
     def _prefix(self, predictor: str) -> str:
         return self.name if len(self.predictors) == 1 else f"{self.name}.{predictor}"
 
@@ -107,6 +115,8 @@ class ProgramVariables:
     def definition(self) -> list[str]:
         """Every variable a worker reads to rebuild the program (spec first)."""
         names = [self.spec, self.state]
+        if self.pickled:
+            names.append(self.module_class)
         for predictor in self.predictors:
             names += [self.instructions(predictor), self.demos(predictor)]
         return names
@@ -166,7 +176,6 @@ def build_module(path: object, init: Mapping[str, Any] | None = None) -> Any:
         raise InvalidArgumentError(
             f"a module class is named 'package.module:ClassName', got {path!r}; nothing was changed"
         )
-    dspy = _dspy()
     module_name, _, qualname = path.partition(":")
     try:
         found: Any = importlib.import_module(module_name)
@@ -177,22 +186,56 @@ def build_module(path: object, init: Mapping[str, Any] | None = None) -> Any:
             f"the module class {path!r} cannot be imported in the worker ({exc}); make its "
             "file importable by the workers (sp.start(env={'PYTHONPATH': ...}))"
         ) from exc
-    if not (isinstance(found, type) and issubclass(found, dspy.Module)):
-        raise InvalidArgumentError(f"{path!r} is not a dspy.Module class")
+    return instantiate(found, init, what=path)
+
+
+def instantiate(cls: Any, init: Mapping[str, Any] | None, *, what: str) -> Any:
+    """``cls(**init)``, checked to be a ``dspy.Module`` with predictors."""
+    dspy = _dspy()
+    if not (isinstance(cls, type) and issubclass(cls, dspy.Module)):
+        raise InvalidArgumentError(f"{what!r} is not a dspy.Module class")
     try:
-        program = found(**dict(init or {}))
+        program = cls(**dict(init or {}))
     except Exception as exc:
         raise InvalidArgumentError(
-            f"{path}(**{dict(init or {})!r}) failed ({type(exc).__name__}: {exc}); pass its "
+            f"{what}(**{dict(init or {})!r}) failed ({type(exc).__name__}: {exc}); pass its "
             "constructor's arguments with init={...}; nothing was changed"
         ) from exc
     if not program.named_predictors():
-        raise InvalidArgumentError(f"{path} has no predictors (dspy.Predict and the like)")
+        raise InvalidArgumentError(f"{what} has no predictors (dspy.Predict and the like)")
     return program
 
 
-def build_program_from_spec(spec: Mapping[str, Any]) -> Any:
-    """A fresh program from a ``<name>.spec`` value: a module class, or module + signature."""
+def notebook_class(value: object, updated_by: str, variable: str) -> Any:
+    """The module class the notebook stored (pickled) in ``variable``.
+
+    Unpickled only in a worker started with the runtime token and only when the kernel wrote
+    the variable: unpickling runs code, so nothing written by anyone else is unpickled.
+    """
+    from snakepit_nb.protocol.auth import TOKEN_ENV
+
+    if not os.environ.get(TOKEN_ENV):
+        raise InvalidArgumentError(
+            "a module class defined in the notebook travels pickled, which only the kernel's "
+            "own authenticated workers take; start the pool with auth on, or put the class in "
+            "a .py file the workers can import"
+        )
+    if updated_by != "kernel" or not isinstance(value, bytes | bytearray):
+        raise InvalidArgumentError(
+            f"{variable} was not written by the notebook as a pickled class (written by "
+            f"{updated_by or 'unknown'}); define the program from the notebook with "
+            "d.program(name, YourModule)"
+        )
+    from snakepit_nb.protocol.pickling import loads
+
+    return loads(bytes(value), what=f"the module class in {variable}")
+
+
+def build_program_from_spec(spec: Mapping[str, Any], module_class: Any = None) -> Any:
+    """A fresh program from a ``<name>.spec`` value: a module class (importable, or the
+    notebook's own, given unpickled as ``module_class``), or module + signature."""
+    if spec.get("pickled"):
+        return instantiate(module_class, spec.get("init"), what=str(spec.get("module")))
     if spec.get("class"):
         return build_module(spec["class"], spec.get("init"))
     return build_program(spec.get("module"), spec.get("signature"))
@@ -252,9 +295,10 @@ def compose_program(
     state: Mapping[str, Any] | None,
     instructions: Mapping[str, str | None],
     demos: Mapping[str, Sequence[Any] | None],
+    module_class: Any = None,
 ) -> Any:
     """Rebuild a program from its variables (the inverse of ``decompose_program``)."""
-    program = build_program_from_spec(spec)
+    program = build_program_from_spec(spec, module_class)
     full = copy.deepcopy(dict(state or {}))
     for name, predictor in program.named_predictors():
         entry = _entry(full, name)

@@ -27,7 +27,13 @@ from .models.lm import (
     LMSettings,
     validate_temperature,
 )
-from .programs import ProgramCache, ProgramVariables, compose_program, validate_program_name
+from .programs import (
+    ProgramCache,
+    ProgramVariables,
+    compose_program,
+    notebook_class,
+    validate_program_name,
+)
 from .store import Entry, VariableStore
 
 __all__ = ["CallSetup", "ProgramNotDefinedError", "Runtime"]
@@ -76,7 +82,9 @@ class Runtime:
                 f"dspy.define_program(name={name!r}, signature='question -> answer')"
             )
         spec = dict(spec_entry.value)
-        names = ProgramVariables(name, tuple(str(p) for p in spec.get("predictors", ())))
+        names = ProgramVariables(
+            name, tuple(str(p) for p in spec.get("predictors", ())), bool(spec.get("pickled"))
+        )
         return names, spec, entries
 
     async def prepare(
@@ -131,11 +139,20 @@ class Runtime:
             entry = entries.get(var)
             return None if entry is None else entry.value
 
+        module_class = None
+        if names.pickled:
+            entry = entries.get(names.module_class)
+            module_class = notebook_class(
+                None if entry is None else entry.value,
+                "" if entry is None else entry.updated_by,
+                names.module_class,
+            )
         return compose_program(
             spec,
             value(names.state),
             {p: value(names.instructions(p)) for p in names.predictors},
             {p: value(names.demos(p)) for p in names.predictors},
+            module_class,
         )
 
     def forget(self, session_id: str, name: str) -> None:

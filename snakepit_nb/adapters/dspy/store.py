@@ -24,6 +24,7 @@ class Entry:
 
     value: Any
     version: int
+    updated_by: str = ""  # "kernel", "worker" or an optimizer's id
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class VariableStore:
         unique = list(dict.fromkeys(names))
         records = await asyncio.gather(*(self._vars.aget_record(n, None) for n in unique))
         return {
-            name: Entry(record.value, int(record.version))
+            name: Entry(record.value, int(record.version), str(record.updated_by))
             for name, record in zip(unique, records, strict=True)
             if record is not None
         }
@@ -58,7 +59,7 @@ class VariableStore:
     async def read_prefix(self, prefix: str) -> dict[str, Entry]:
         """Every variable named ``<prefix>.*``, in one round trip."""
         records = await self._vars.alist(f"{prefix}.*")
-        return {r.name: Entry(r.value, int(r.version)) for r in records}
+        return {r.name: Entry(r.value, int(r.version), str(r.updated_by)) for r in records}
 
     async def write(
         self,

@@ -140,22 +140,25 @@ class DSPy:
                 f"a program is a signature string or a dspy.Module class or instance, got "
                 f"{cls.__name__}"
             )
-        if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-            raise ValueError(
-                f"{cls.__name__} is defined in the notebook; the workers import module classes "
-                "by name, so put it in a .py file they can import (on their PYTHONPATH) and "
-                "import it from there"
-            )
         state = None
         if not isinstance(module, type):
             state = json.loads(json.dumps(module.dump_state(), default=str))
+        where: dict[str, Any] = {"module_class": f"{cls.__module__}:{cls.__qualname__}"}
+        if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+            # Defined in the notebook: the workers cannot import it, so it travels by value,
+            # pickled into a variable that only the kernel writes and its own workers read.
+            import cloudpickle
+
+            variable = ProgramVariables(validate_program_name(name)).module_class
+            self.session.vars[variable] = cloudpickle.dumps(cls)
+            where = {"class_variable": variable}
         described = self.session.call(
             "dspy.define_program",
             name=name,
-            module_class=f"{cls.__module__}:{cls.__qualname__}",
             init=init,
             state=state,
             instructions=instructions,
+            **where,
         )
         return Program(self.session, described, self.credentials)
 
@@ -249,10 +252,11 @@ class Program:
         """Run the program on each inputs dict; predictions in input order.
 
         By default the inputs are spread over the pool, one ``dspy.run`` call each (in a few
-        ``session.map`` slices); ``progress(done, total)`` is called as slices finish (from
-        the loop thread), and a failing input raises (or, with ``return_exceptions``, stands
-        in the list as its error). With ``num_threads`` they run in one worker instead, that many at
-        a time with DSPy's ``dspy.Parallel`` (for a model behind an API).
+        ``session.map`` slices, one after the other); ``progress(done, total)`` is called as
+        each slice finishes, and a failing input raises (or, with ``return_exceptions``,
+        stands in the list as its error). With ``num_threads`` they run in one worker
+        instead, that many at a time with DSPy's ``dspy.Parallel`` (for a model behind an
+        API).
         """
         if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
             raise ValueError("batch takes a list of inputs dicts, e.g. [{'question': ...}, ...]")
@@ -270,28 +274,15 @@ class Program:
                 progress(len(inputs), len(inputs))
             return list(done["predictions"])
         total = len(inputs)
-        # A few slices, each a session.map spread over the pool; progress as slices finish.
-        size = max(1, math.ceil(total / 8))
-        slices = [inputs[k : k + size] for k in range(0, total, size)]
-
-        async def one(asession: Any, part: list[dict[str, Any]], counter: list[int]) -> Any:
+        # A few slices, each one session.map that spreads over the pool; progress between.
+        size = max(4, math.ceil(total / 8))
+        results: list[Any] = []
+        for start in range(0, total, size):
+            part = inputs[start : start + size]
             calls = [{"name": self.name, "inputs": item, "config": config, **key} for item in part]
-            try:
-                return await asession.map("dspy.run", calls, return_exceptions=return_exceptions)
-            finally:
-                counter[0] += len(part)
-                if progress is not None:
-                    progress(counter[0], total)
-
-        async def run_all() -> list[Any]:
-            import asyncio
-
-            asession = self.session._async
-            counter = [0]
-            parts = await asyncio.gather(*(one(asession, part, counter) for part in slices))
-            return [r for part in parts for r in part]
-
-        results = self.session._run(run_all())
+            results += self.session.map("dspy.run", calls, return_exceptions=return_exceptions)
+            if progress is not None:
+                progress(len(results), total)
         return [r if isinstance(r, BaseException) else r["prediction"] for r in results]
 
     async def acall(self, _config: dict[str, Any] | None = None, **inputs: Any) -> dict[str, Any]:

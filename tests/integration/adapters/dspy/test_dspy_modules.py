@@ -82,11 +82,6 @@ def test_constructor_arguments_an_instance_and_refusals(d: DSPy) -> None:
     assert two.predictor("answer.predict").instructions == "Give only the answer."
     assert two(question="What is 8 * 8?")["answer"] == "64"
 
-    class Local(dspy_modules.RewriteThenAnswer):
-        pass
-
-    with pytest.raises(ValueError, match=r"put it in a \.py file"):
-        d.program("local", Local)
     with pytest.raises(sp.RemoteToolError, match="cannot be imported in the worker"):
         d.session.call("dspy.define_program", name="x", module_class="no_such_pkg.mod:Thing")
     with pytest.raises(sp.RemoteToolError, match="failed"):
@@ -97,6 +92,50 @@ def test_constructor_arguments_an_instance_and_refusals(d: DSPy) -> None:
             init={"unknown": 1},
         )
     assert "x.spec" not in d.session.vars
+
+
+def test_a_module_class_defined_here_travels_pickled_and_any_worker_rebuilds_it(
+    d: DSPy, pool: Any
+) -> None:
+    import dspy
+
+    class AnswerTwice(dspy.Module):  # not importable by the workers: it lives in this test
+        def __init__(self, hint: str = "") -> None:
+            super().__init__()
+            self.hint = hint
+            self.first = dspy.Predict("question -> draft")
+            self.second = dspy.Predict("question, draft -> answer")
+
+        def forward(self, question: str) -> Any:
+            draft = self.first(question=question).draft
+            return self.second(question=question, draft=draft)
+
+    local = d.program("local", AnswerTwice, init={"hint": "x"})
+    assert local.predictors == ["first", "second"]
+    record = d.session.vars.info("local.class")
+    assert record.type == "bytes"
+    assert local.spec["pickled"] is True
+    local.predictor("second").instructions = "Give only the answer."
+    assert local(question="What is 7 * 6?")["answer"] == "42"
+    # Every worker is replaced: the new ones rebuild the class from the variable.
+    pids = {w.pid for w in pool.status().workers}
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    unavailable = (sp.WorkerUnavailableError, sp.RemoteToolError, sp.WorkerCrashedError)
+    again = wait_for(
+        lambda: (r := local.run({"question": "What is 7 * 6?"}))["pid"] not in pids and r,
+        30.0,
+        "a run on a new worker",
+        tolerate=unavailable,
+    )
+    assert again["prediction"]["answer"] == "42"
+    assert again["cached_program"] is False
+    # Only the notebook's own pickles are unpickled: a value it did not write is refused.
+    d.session.vars["bad.class"] = "not a pickle"
+    refused = "was not written by the notebook as a pickled class"
+    with pytest.raises(sp.RemoteToolError, match=refused):
+        d.session.call("dspy.define_program", name="bad", class_variable="bad.class")
+    assert "bad.spec" not in d.session.vars
 
 
 def test_any_worker_serves_a_module_and_optimizers_tune_every_predictor(d: DSPy, pool: Any) -> None:
