@@ -1,17 +1,20 @@
 """Exploratory DSPy workflows on the worker pool (extra: ``pip install snakepit_nb[dspy]``).
 
 * ``DSPyAdapter`` (worker side): ``sp.start(adapter="snakepit_nb.adapters.dspy:DSPyAdapter")``
-  gives the pool tools to configure the language model, define, run, stream, inspect,
+  gives the pool tools to configure the language model, define, run, stream, batch, inspect,
   evaluate, optimize, save and load DSPy programs, all kept in session variables.
 * ``DSPy`` (notebook side): a small helper over a session that calls those tools::
 
       from snakepit_nb.adapters.dspy import DSPy
       d = DSPy(client.session("exp"))
-      d.configure_lm("fake/rules", temperature=0.0)   # the offline fake model
+      d.configure_lm("fake/rules", temperature=0.0)   # offline; or "openai/...", api_base=
       qa = d.program("qa", "question -> answer", module="ChainOfThought")
       qa(question="What is 2 + 3?")                   # {'reasoning': ..., 'answer': '5'}
       qa.instructions = "Answer with only the answer."  # the next run follows it
-      for event in qa.optimize(): ...                 # live progress; qa.best_score rises
+      qa.inspect_history(1)                           # the prompt and the response
+      run = qa.optimize("MIPROv2")                    # live trials; qa.best_score rises
+      two = d.program("two", MyModule)                # any dspy.Module, even the notebook's
+      two.predictor("answer.predict").instructions    # each predictor's own variables
 
 Nothing here imports DSPy: the kernel never needs it, and workers import it on first use.
 """
