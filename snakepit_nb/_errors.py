@@ -62,6 +62,10 @@ __all__ = [
 ]
 
 
+#: Frames of a worker's traceback that ``str(RemoteToolError)`` shows.
+TRACEBACK_FRAMES = 5
+
+
 class SnakepitError(Exception):
     """Base class of every snakepit_nb error."""
 
@@ -100,6 +104,15 @@ class RemoteToolError(SnakepitError):
         where = f" in tool {tool_name!r}" if tool_name else ""
         super().__init__(f"{remote_type}{where}: {remote_message}")
 
+    def __str__(self) -> str:
+        """The one-line summary, then the last frames of the worker's traceback (like Ray's)."""
+        summary = str(self.args[0]) if self.args else self.remote_type
+        tail = last_frames(self.remote_traceback)
+        if not tail:
+            return summary
+        where = f" {self.worker_id}" if self.worker_id else ""
+        return f"{summary}\n\nworker{where} traceback (most recent call last):\n{tail}"
+
     def _render_traceback_(self) -> list[str]:
         """IPython calls this to show the worker's traceback instead of ours."""
         header = f"RemoteToolError: {self.remote_type} raised in tool {self.tool_name!r}"
@@ -111,6 +124,18 @@ class RemoteToolError(SnakepitError):
         else:
             lines.append(f"{self.remote_type}: {self.remote_message}")
         return lines
+
+
+def last_frames(traceback_text: str, frames: int = TRACEBACK_FRAMES) -> str:
+    """The last ``frames`` frames of a formatted traceback and its final exception lines."""
+    lines = traceback_text.rstrip("\n").splitlines()
+    if lines and lines[0].startswith("Traceback"):
+        lines = lines[1:]
+    starts = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    if len(starts) > frames:
+        cut = starts[-frames]
+        lines = [f"  ... {len(starts) - frames} earlier frames ...", *lines[cut:]]
+    return "\n".join(lines)
 
 
 class ConfigurationError(SnakepitError, ValueError):

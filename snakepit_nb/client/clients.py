@@ -22,6 +22,7 @@ from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
 from snakepit_nb._loop import EXIT_CLOSE_RUNTIMES, LoopThread, at_exit, get_loop_thread
+from snakepit_nb.client.blocking import blocking_runner
 from snakepit_nb.client.sessions import AsyncSession, Session
 from snakepit_nb.client.streams import AsyncTelemetryFeed, TelemetryFeed, on_loop
 from snakepit_nb.orchestrator.config import Config
@@ -264,7 +265,7 @@ class Client:
 
     def __init__(self, inner: AsyncClient) -> None:
         self._async = inner
-        self._run = inner._loop_thread.run
+        self._run = blocking_runner(inner._loop_thread)
 
     @property
     def config(self) -> Config:

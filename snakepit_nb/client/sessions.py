@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from snakepit_nb._errors import InvalidArgumentError
+from snakepit_nb.client.blocking import blocking_runner, caller_errors
 from snakepit_nb.client.streams import AsyncStream, Stream, on_loop
 from snakepit_nb.orchestrator.sessions import SessionInfo
 
@@ -269,7 +270,7 @@ class Session:
 
     def __init__(self, inner: AsyncSession) -> None:
         self._async = inner
-        self._run = inner._loop_thread.run
+        self._run = blocking_runner(inner._loop_thread)
         self._vars: Variables | None = None
 
     @property
@@ -315,7 +316,8 @@ class Session:
         >>> s.call(lambda x: x * 2, 21)
         42
         """
-        return self._async._call_blocking(tool, args, kwargs)
+        with caller_errors("call", tool):
+            return self._async._call_blocking(tool, args, kwargs)
 
     def stream(self, tool: str, /, **kwargs: Any) -> Stream:
         """Start a streaming call; iterate the chunks (``.result``, ``.chunks``, ``.close()``)."""
@@ -337,7 +339,8 @@ class Session:
         >>> s.map(lambda x: x * x, range(4))
         [0, 1, 4, 9]
         """
-        return self._async._map_blocking(tool, items, more, return_exceptions, timeout)
+        with caller_errors("map", tool):
+            return self._async._map_blocking(tool, items, more, return_exceptions, timeout)
 
     def info(self) -> SessionInfo:
         """Calls, errors, variables and affinity of this session."""

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from snakepit_nb._errors import ClosedError, SnakepitError
 from snakepit_nb._loop import LoopThread
+from snakepit_nb.client.blocking import name_interrupt
 from snakepit_nb.orchestrator.telemetry import TelemetryEvent, TelemetrySubscription
 
 __all__ = ["AsyncStream", "AsyncTelemetryFeed", "Stream", "TelemetryFeed", "on_loop"]
@@ -253,6 +254,9 @@ class Stream:
         while True:
             try:
                 item = get()
+            except KeyboardInterrupt as exc:
+                self.close()
+                raise name_interrupt(exc, f"stream {self.tool!r}") from None
             except BaseException:
                 self.close()
                 raise
@@ -263,7 +267,7 @@ class Stream:
             self._ended = True
             if isinstance(item, _End):
                 return
-            raise item
+            raise item.with_traceback(None)
 
     # ------------------------------------------------------------------ loop thread
 

@@ -82,13 +82,19 @@ class SnakepitMagics(Magics):
     def snakepit(self, line: str) -> Any:
         """Drive the snakepit_nb worker pool; ``%snakepit`` alone lists the subcommands."""
         words = split_words(line)
-        if not words:
-            raise UsageError(parsers.overview())
+        if not words or words[0] in ("-h", "--help"):
+            print(parsers.overview())
+            return None
         command, rest = words[0], words[1:]
         stub = parsers.SUBCOMMANDS.get(command)
         if stub is None:
+            from snakepit_nb.protocol.names import did_you_mean
+
             known = ", ".join(parsers.SUBCOMMANDS)
-            raise UsageError(f"unknown subcommand {command!r}; use one of: {known}")
+            raise UsageError(
+                f"unknown subcommand {command!r}{did_you_mean(command, parsers.SUBCOMMANDS)}; "
+                f"use one of: {known} (%snakepit help lists what each does)"
+            )
         if any(w in ("-h", "--help") for w in rest):
             print(parsers.help_text(stub))
             return None
@@ -109,9 +115,14 @@ class SnakepitMagics(Magics):
         rt = self.rt
         if rt.running():
             if not args.restart:
+                how = (
+                    "started with the defaults by an earlier %snakepit command"
+                    if rt.implicit
+                    else "started with %snakepit start"
+                )
                 raise UsageError(
-                    f"a pool is already running ({rt.client!r}); stop it with %snakepit stop "
-                    "or use %snakepit start --restart"
+                    f"a pool is already running ({rt.client!r}, {how}); add --restart to "
+                    "replace it with this one, or stop it first with %snakepit stop"
                 )
             rt.stop()
         if args.workers is not None:
@@ -430,6 +441,26 @@ class SnakepitMagics(Magics):
         view.start()
         rt.track(view)
         return view
+
+    # help ------------------------------------------------------------------------------------
+    def _cmd_help(self, args: Any, _: dict[str, Any]) -> None:
+        name = args.subcommand
+        if name is None:
+            print(parsers.overview())
+            return
+        name = name.removeprefix("%").removeprefix("%")
+        if name == "snakepit_tool":
+            print(parsers.help_text(parsers.snakepit_tool))
+            return
+        stub = parsers.SUBCOMMANDS.get(name)
+        if stub is None:
+            from snakepit_nb.protocol.names import did_you_mean
+
+            raise UsageError(
+                f"no subcommand {name!r}{did_you_mean(name, parsers.SUBCOMMANDS)}; "
+                f"subcommands: {', '.join(parsers.SUBCOMMANDS)}"
+            )
+        print(parsers.help_text(stub))
 
     # waiting ---------------------------------------------------------------------------------
     def _cmd_wait(self, args: Any, _: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 
 magic_arguments has no subcommands, so each subcommand has its own decorated stub here and the
 magic dispatches on the first word. :func:`parse` raises ``UsageError`` with the usage line on
-bad input; ``%snakepit?`` shows the whole help.
+bad input. ``magic_arguments`` replaces each stub's docstring with its usage, so the one-line
+descriptions are read from the parser (:func:`describe`), never from ``__doc__``.
 """
 
 from __future__ import annotations
@@ -133,6 +134,13 @@ def wait(**_: Any) -> None:
     """Wait until running streams end and every live widget shows its final state."""
 
 
+@_named("%snakepit help")
+@magic_arguments()
+@argument("subcommand", nargs="?", help="a subcommand (default: list them all)")
+def help_(**_: Any) -> None:
+    """List the subcommands, or show one subcommand's options."""
+
+
 @_named("%%snakepit_tool")
 @magic_arguments()
 @argument("name", nargs="?", help="tool name (default: the name of the cell's last function)")
@@ -156,6 +164,7 @@ SUBCOMMANDS: dict[str, Stub] = {
     "var": var,
     "dspy": dspy,
     "wait": wait,
+    "help": help_,
 }
 
 
@@ -191,10 +200,25 @@ def help_text(stub: Stub) -> str:
         parser.formatter_class = saved
 
 
+def describe(stub: Stub) -> str:
+    """The stub's one-line description (its original docstring's first line)."""
+    parser = stub.parser  # type: ignore[attr-defined]
+    text = str(parser.description or "").strip()
+    return text.splitlines()[0].replace("``", "") if text else ""
+
+
 def overview() -> str:
-    lines = ["%snakepit SUBCOMMAND ...   (subcommand help: %snakepit SUBCOMMAND --help)"]
-    for stub in SUBCOMMANDS.values():
-        doc = (stub.__doc__ or "").strip().splitlines()[0]
-        lines.append(f"  {usage(stub).removeprefix('usage: ')}\n      {doc}")
-    lines.append(f"  {usage(snakepit_tool).removeprefix('usage: ')}")
+    """Every subcommand with its usage and a one-line description (``%snakepit help``)."""
+    lines = [
+        "%snakepit SUBCOMMAND ...   (one subcommand's options: %snakepit help SUBCOMMAND "
+        "or %snakepit SUBCOMMAND --help)",
+        "",
+    ]
+    for name, stub in SUBCOMMANDS.items():
+        lines.append(f"  {name:<16} {describe(stub)}")
+    lines.append(f"  {'%%snakepit_tool':<16} {describe(snakepit_tool)}")
+    lines.append("")
+    lines.append("usage:")
+    for stub in (*SUBCOMMANDS.values(), snakepit_tool):
+        lines.append(f"  {usage(stub).removeprefix('usage: ')}")
     return "\n".join(lines)

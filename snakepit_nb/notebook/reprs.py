@@ -65,6 +65,12 @@ class RecordList(list[Any]):
     def _repr_html_(self) -> str:
         return variable_table_html(self)
 
+    def __repr__(self) -> str:
+        return "\n".join(repr(record) for record in self) or "(no variables)"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
 
 class History(list[Any]):
     """A variable's versions, oldest first (``%snakepit var history``), with a table repr."""
@@ -75,3 +81,11 @@ class History(list[Any]):
 
     def _repr_html_(self) -> str:
         return history_html(self.name, self)
+
+    def __repr__(self) -> str:
+        lines = [f"history of {self.name!r} ({len(self)} versions, oldest first):"]
+        lines.extend(f"  {version!r}" for version in self)
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))

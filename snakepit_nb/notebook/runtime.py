@@ -73,6 +73,8 @@ class NotebookRuntime:
         self.pump = UIPump(hz=self.settings.ui_hz, budget=self.settings.ui_budget)
         self.views: list[Any] = []
         self.streams: list[Any] = []
+        #: True when the running pool was started by a command that needed one, not by start.
+        self.implicit = False
         self._lock = threading.RLock()
         self.closed = False
 
@@ -93,6 +95,7 @@ class NotebookRuntime:
                 options["python"] = self.settings.python
             options.update({k: v for k, v in overrides.items() if v is not None})
             self.client = start(**options)
+            self.implicit = False
             self.sessions.clear()
             self.closed = False
             return self.client
@@ -106,10 +109,13 @@ class NotebookRuntime:
             return self.client
         if announce is not None:
             announce(
-                f"snakepit: starting {self.settings.workers} workers "
-                f"({self.settings.adapter}); change with %snakepit start -n N --adapter X"
+                f"snakepit: no pool was running, so this starts one: {self.settings.workers} "
+                f"workers ({self.settings.adapter}); start your own with "
+                "%snakepit start --restart -n N --adapter X"
             )
-        return self.start()
+        client = self.start()
+        self.implicit = True
+        return client
 
     def stop(self) -> bool:
         """Stop views, streams and the pool; returns whether a pool was running."""
@@ -117,13 +123,18 @@ class NotebookRuntime:
             for handle in list(self.streams):
                 handle.cancel()
             self.streams.clear()
-            for view in list(self.views):
+            views, self.views = list(self.views), []
+            for view in views:
                 stop = getattr(view, "stop", None)
                 if stop is not None:
                     stop()
                 else:
                     view.close()
-            self.views.clear()
+            if views and get_loop_thread().is_alive():
+                # Their final states go out now, while this cell runs: a saved notebook shows
+                # "pool stopped", not the last live frame.
+                with contextlib.suppress(Exception):
+                    self.pump.wait_idle(timeout=5)
             client, self.client = self.client, None
             self.sessions.clear()
             if client is None or getattr(client, "closed", False):

@@ -24,7 +24,7 @@ from typing import Any
 from snakepit_nb._errors import InvalidArgumentError, ToolNotFoundError
 from snakepit_nb.orchestrator.registry import ToolRegistry
 from snakepit_nb.protocol import pb
-from snakepit_nb.protocol.names import check_tool_name
+from snakepit_nb.protocol.names import check_tool_name, did_you_mean
 from snakepit_nb.tools.definition import StreamKind, ToolDefinition
 
 __all__ = ["KernelTool", "KernelToolStream", "KernelTools"]
@@ -121,7 +121,10 @@ class KernelTools:
 
     def _not_found(self, name: str) -> ToolNotFoundError:
         known = ", ".join(self.names()) or "none (register one with client.register_kernel_tool)"
-        return ToolNotFoundError(f"kernel tool {name!r} is not registered; kernel tools: {known}")
+        hint = did_you_mean(name, self.names())
+        return ToolNotFoundError(
+            f"kernel tool {name!r} is not registered{hint}; kernel tools: {known}"
+        )
 
     # ------------------------------------------------------------------ calling
 

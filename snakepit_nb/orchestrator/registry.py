@@ -14,7 +14,7 @@ from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError, ToolNotFoundError
 from snakepit_nb.protocol import pb
-from snakepit_nb.protocol.names import check_tool_name
+from snakepit_nb.protocol.names import check_tool_name, did_you_mean
 
 __all__ = [
     "MAX_METADATA_BYTES",
@@ -93,6 +93,24 @@ class ToolSpec:
         from snakepit_nb.display.reprs import tool_spec_html
 
         return tool_spec_html(self)
+
+    def __repr__(self) -> str:
+        return f"<ToolSpec {self.kind} tool {self}>"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.describe())
+
+    def describe(self) -> str:
+        """Several lines: the signature, the description, one line per parameter."""
+        stream = " [stream]" if self.supports_streaming else ""
+        lines = [f"{self.kind} tool {self.signature}{stream}"]
+        if self.description.strip():
+            lines.extend(f"  {line}" for line in self.description.strip().splitlines())
+        for param in self.parameters:
+            need = "required" if param.required else "optional"
+            text = f"    {param.name}: {param.type or 'any'} ({need})"
+            lines.append(text + (f" — {param.description}" if param.description else ""))
+        return "\n".join(lines)
 
     def __str__(self) -> str:
         stream = " [stream]" if self.supports_streaming else ""
@@ -297,4 +315,5 @@ class ToolRegistry:
             shown = ", ".join(names[:_LIST_AT_MOST])
             more = f" and {len(names) - _LIST_AT_MOST} more" if len(names) > _LIST_AT_MOST else ""
             listing = f"available: {shown}{more}"
-        return ToolNotFoundError(f"tool {name!r} is not registered; {listing}")
+        hint = did_you_mean(name, names)
+        return ToolNotFoundError(f"tool {name!r} is not registered{hint}; {listing}")

@@ -20,6 +20,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from snakepit_nb._errors import (
     InvalidArgumentError,
@@ -73,6 +74,12 @@ class SessionInfo:
         from snakepit_nb.display.reprs import session_info_html
 
         return session_info_html(self)
+
+    def __repr__(self) -> str:
+        return f"<SessionInfo {self}>"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(str(self))
 
     def __str__(self) -> str:
         worker = self.last_worker or "-"

@@ -31,6 +31,12 @@ class ClientStatus:
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(str(self))
 
+    def __repr__(self) -> str:
+        return (
+            f"<ClientStatus {self.run_id}: {len(self.workers)} workers, "
+            f"queue {self.queue_length}, {self.tools} tools>"
+        )
+
     def __str__(self) -> str:
         lines = [
             f"snakepit_nb runtime {self.run_id} on {self.address}: {len(self.workers)} workers, "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 from typing import Final
 
 from snakepit_nb._errors import InvalidArgumentError
 
-__all__ = ["MAX_TOOL_NAME", "TOOL_NAME_PATTERN", "check_tool_name"]
+__all__ = ["MAX_TOOL_NAME", "TOOL_NAME_PATTERN", "check_tool_name", "did_you_mean"]
 
 #: Tool names: letters, digits, ``_``, ``.`` and ``-``, starting with a letter or digit.
 TOOL_NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -22,3 +24,11 @@ def check_tool_name(name: object) -> str:
             f"with a letter or digit, at most {MAX_TOOL_NAME} characters"
         )
     return name
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``" (did you mean 'add'?)"`` for the closest of ``known``; ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {close[0]!r}?)"

@@ -29,6 +29,7 @@ from typing import Any, TypeVar, overload
 
 from snakepit_nb._errors import InvalidArgumentError, ToolNotFoundError
 from snakepit_nb.protocol import pb
+from snakepit_nb.protocol.names import did_you_mean
 from snakepit_nb.tools.definition import ToolDefinition
 
 __all__ = ["Adapter", "ToolOptions", "ToolTable", "tool"]
@@ -199,8 +200,7 @@ class ToolTable:
     def _not_found(self, name: str) -> ToolNotFoundError:
         names = ", ".join(sorted(self._tools)) or "(none)"
         return ToolNotFoundError(
-            f"tool {name!r} is not registered in worker {self.worker_id or '?'}; "
-            f"registered: {names}"
+            f"tool {name!r} is not registered{did_you_mean(name, self._tools)}; registered: {names}"
         )
 
     def define(self, definition: ToolDefinition) -> None:

@@ -158,6 +158,10 @@ def test_interrupt_cancels_a_10s_call_and_the_workers_survive(kernel: Kernel):
         (m["msg_type"], m["content"]) for m in messages if m["msg_type"] != "status"
     ]
     assert reply["ename"] == "KeyboardInterrupt"
+    # One line naming the call, none of the library's frames.
+    assert reply["traceback"] == ["call 'slow' cancelled (KeyboardInterrupt)"]
+    errors = [m["content"] for m in messages if m["msg_type"] == "error"]
+    assert [e["traceback"] for e in errors] == [["call 'slow' cancelled (KeyboardInterrupt)"]]
     assert time.monotonic() - interrupted_at[0] < 5  # not the 10 s of the call
     # The remote call was cancelled (nothing in flight), the same worker serves the next call.
     assert kernel.value("[w.in_flight for w in _client.status().workers]") == [0]

@@ -96,6 +96,8 @@ def test_start_status_tools_and_config(running: InteractiveShell):
     with pytest.raises(UsageError, match="already running"):
         magic(ip, "start")
     status = magic(ip, "status --once")
+    assert repr(status).startswith("<ClientStatus ")
+    assert "1 workers" in repr(status)
     assert len(status.workers) == 1
     assert status.workers[0].state in ("ready", "busy")
     tools = magic(ip, "tools")
@@ -130,14 +132,44 @@ def test_usage_errors_carry_the_usage_line(running: InteractiveShell):
         magic(ip, "call echo value={not_defined_anywhere}")
     with pytest.raises(UsageError, match="given twice"):
         magic(ip, "call add a=1 a=2 b=3")
-    with pytest.raises(UsageError, match="%snakepit SUBCOMMAND"):
-        magic(ip, "")
     with pytest.raises(UsageError, match="dspy history takes PROGRAM"):
         magic(ip, "dspy history")
     with pytest.raises(UsageError, match="at least 1"):
         magic(ip, "dspy history qa -n 0")
     # No DSPy program has run in this session: an empty history that says so.
     assert str(magic(ip, "dspy history qa")) == "no calls recorded for program 'qa' yet"
+    with pytest.raises(
+        UsageError, match=r"unknown subcommand 'stauts' \(did you mean 'status'\?\)"
+    ):
+        magic(ip, "stauts")
+
+
+SUBCOMMANDS = ("start", "stop", "status", "tools", "config", "session", "call", "stream", "var")
+
+
+def test_help_lists_every_subcommand_with_a_real_description(
+    ip: InteractiveShell, capsys: pytest.CaptureFixture[str]
+):
+    for line in ("", "--help", "-h", "help"):
+        assert magic(ip, line) is None
+        out = capsys.readouterr().out
+        assert "::" not in out, line
+        for name in SUBCOMMANDS:
+            described = [row for row in out.splitlines() if row.startswith(f"  {name} ")]
+            assert described, (line, name)
+            assert len(described[0].split(None, 1)[1]) > 15, described  # a sentence, not "::"
+        assert "Call a tool and return its value" in out
+        assert "%%snakepit_tool" in out
+    magic(ip, "help call")
+    out = capsys.readouterr().out
+    assert out.startswith("usage: %snakepit call")
+    assert "--timeout" in out
+    magic(ip, "call --help")
+    assert capsys.readouterr().out.startswith("usage: %snakepit call")
+    magic(ip, "help %%snakepit_tool")
+    assert "--stream" in capsys.readouterr().out
+    with pytest.raises(UsageError, match=r"no subcommand 'cal' \(did you mean 'call'\?\)"):
+        magic(ip, "help cal")
 
 
 # -- calls -----------------------------------------------------------------------------------
@@ -196,9 +228,13 @@ def test_interrupt_cancels_the_remote_call_and_the_next_call_works(running: Inte
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as info:
         magic(ip, "call slow seconds=10")
     assert time.monotonic() - started < 5
+    assert str(info.value) == "call 'slow' cancelled"
+    assert info.value._render_traceback_() == [  # type: ignore[attr-defined]
+        "call 'slow' cancelled (KeyboardInterrupt)"
+    ]
     pids = worker_pids(ip)
     assert magic(ip, "call add a=1 b=2") == 3
     assert worker_pids(ip) == pids  # the same worker, not a replacement
@@ -248,6 +284,7 @@ def test_sessions_new_use_list_info_close(running: InteractiveShell):
     magic(ip, "call add a=1 b=1")
     info = magic(ip, "session info")
     assert info.session_id == "exp-a"
+    assert repr(info).startswith("<SessionInfo session 'exp-a': 1 calls (0 failed)")
     magic(ip, "session new exp-b")
     magic(ip, "session use exp-a")
     assert runtime_for(ip).current_session == "exp-a"
@@ -281,13 +318,16 @@ def test_variables_set_get_list_history_rollback_del(running: InteractiveShell):
         magic(ip, "var set temperature 0.1 --expected-version 1")
     history = magic(ip, "var history temperature")
     assert [v.value for v in history] == [0.7, 0.9, 1.1]
+    assert repr(history).splitlines()[0] == "history of 'temperature' (3 versions, oldest first):"
     assert "<svg" in history._repr_html_()
     assert [v.value for v in magic(ip, "var history temperature -n 2")] == [0.9, 1.1]
     back = magic(ip, "var rollback temperature 1")
     assert back.value == 0.7
     assert back.version == 4
     magic(ip, "var set tags ['a', 'b']")
-    names = {r.name for r in magic(ip, "var list")}
+    listed = magic(ip, "var list")
+    assert "<Variable tags: " in repr(listed)
+    names = {r.name for r in listed}
     assert names == {"temperature", "tags"}
     # Without a kernel the watch is a snapshot table.
     assert {r.name for r in magic(ip, "var watch temperature")} == {"temperature"}
@@ -316,6 +356,10 @@ def test_cell_defined_tools_are_defined_replaced_and_streamed(running: Interacti
     )
     assert spec.name == "hyp"
     assert spec.kind == "cell"
+    assert repr(spec) == "<ToolSpec cell tool hyp(a: float, b: float) — Length of the hypotenuse.>"
+    assert ip.display_formatter.format(spec)[0]["text/plain"].startswith(
+        "cell tool hyp(a: float, b: float)\n  Length of the hypotenuse.\n    a: float (required)"
+    )
     assert magic(ip, "call hyp a=3 b=4") == 5.0
     cell(ip, "hyp", "def other(a, b):\n    return a * b\n")
     assert magic(ip, "call hyp a=3 b=4") == 12  # replaced everywhere
@@ -349,3 +393,31 @@ def test_kernel_tools_run_in_the_kernel_and_workers_call_them(running: Interacti
     assert magic(ip, "call ask_kernel tool=scaled x=4") == 40
     ip.user_ns["scale"] = 3
     assert magic(ip, "call ask_kernel tool=scaled x=4") == 12
+
+
+# -- last: this one stops the module's pool ---------------------------------------------------
+def test_an_implicit_start_says_so_and_a_second_start_offers_restart(
+    running: InteractiveShell, capsys: pytest.CaptureFixture[str]
+):
+    ip = running
+    rt = runtime_for(ip)
+    rt.stop()
+    capsys.readouterr()
+    rt.settings.workers = 1
+    tools = magic(ip, "tools")
+    assert "add" in {t.name for t in tools}
+    said = capsys.readouterr().out
+    assert "no pool was running, so this starts one: 1 workers" in said
+    assert "%snakepit start --restart" in said
+    with pytest.raises(UsageError) as info:
+        magic(ip, "start -n 1")
+    text = str(info.value)
+    assert "a pool is already running" in text
+    assert "started with the defaults by an earlier %snakepit command" in text
+    assert "add --restart" in text
+    client = magic(ip, "start -n 1 --restart")
+    assert client is rt.client
+    assert not rt.implicit
+    with pytest.raises(UsageError, match=r"started with %snakepit start\); add --restart"):
+        magic(ip, "start")
+    rt.settings.workers = 2

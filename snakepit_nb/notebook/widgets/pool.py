@@ -47,6 +47,7 @@ class PoolView(DisplayedView):
         self._html = pool_status_html(initial)
         self.table.value = self._html
         self._future: concurrent.futures.Future[None] | None = None
+        self.stopped_at: float | None = None
         super().__init__([self.table], css_class="snakepit-pool")
 
     def start(self) -> None:
@@ -59,10 +60,9 @@ class PoolView(DisplayedView):
                 try:
                     self.status = await self._source()
                 except Exception as exc:  # the pool stopped (or is stopping)
-                    self._html = (
-                        f'<div style="color:{fmt.MUTED};font-family:{fmt.FONT}">'
-                        f"pool stopped ({fmt.esc(type(exc).__name__)}) at "
-                        f"{time.strftime('%H:%M:%S')}</div>"
+                    self.stopped_at = time.time()
+                    self._html = _stopped_html(
+                        f"pool stopped ({type(exc).__name__})", self.stopped_at
                     )
                     break
                 self.polls += 1
@@ -75,20 +75,25 @@ class PoolView(DisplayedView):
             self._pump.poke()
 
     def pending(self) -> bool:
-        return bool(self._html != self.table.value)
+        return bool(self._html != self.table.value) or self.fallback_due()
 
     def render(self) -> int:
         sent = self.set_value(self.table, self._html)
-        if self.closed:
-            sent += self.refresh_fallback()
-        return sent
+        return sent + self.refresh_fallback_when_due(sent > 0 or self.closed)
 
     def stop(self) -> None:
+        """The pool is stopping: show that, and stop polling (main thread)."""
+        self.stopped_at = time.time()
+        self._html = _stopped_html("pool stopped", self.stopped_at)
         self.closed = True
         if self._future is not None and not self._future.done():
             self._future.cancel()
+        self._loop_thread.loop.call_soon_threadsafe(self._pump.poke)
 
     def fallback_text(self) -> str:
+        if self.stopped_at is not None:
+            at = time.strftime("%H:%M:%S", time.localtime(self.stopped_at))
+            return f"snakepit pool stopped at {at}"
         workers = list(getattr(self.status, "workers", []) or [])
         lines = [f"snakepit pool: {len(workers)} workers"]
         for wk in workers:
@@ -101,3 +106,10 @@ class PoolView(DisplayedView):
 
     def fallback_html(self) -> str:
         return str(self.table.value)
+
+
+def _stopped_html(what: str, at: float) -> str:
+    return (
+        f'<div class="snakepit-pool-stopped" style="color:{fmt.MUTED};font-family:{fmt.FONT}">'
+        f"{fmt.esc(what)} at {time.strftime('%H:%M:%S', time.localtime(at))}</div>"
+    )

@@ -8,10 +8,15 @@ page or a terminal show). When a view finishes, the pump refreshes those fallbac
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 from snakepit_nb.display import formatting as fmt
+
+#: How often a long-lived view (a watch, the pool) re-sends its static fallbacks while it
+#: changes, so a saved notebook's text and HTML show a recent state, not the first one.
+FALLBACK_EVERY = 2.0
 
 
 def in_kernel() -> bool:
@@ -52,6 +57,8 @@ class DisplayedView:
         self.display_id = f"snakepit-{uuid.uuid4().hex[:12]}"
         self.displayed = False
         self._displayed_in: int | None = None
+        self._fallback_at = 0.0
+        self._fallback_stale = False
         self.closed = False
 
     # -- pump protocol defaults ------------------------------------------------------------
@@ -76,6 +83,12 @@ class DisplayedView:
 
     def fallback_html(self) -> str:
         return ""
+
+    def __repr__(self) -> str:
+        return self.fallback_text()
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.fallback_text())
 
     def mimebundle(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -107,12 +120,26 @@ class DisplayedView:
 
     def refresh_fallback(self) -> int:
         """Re-send the display with up-to-date fallbacks; returns the messages sent (0 or 1)."""
+        self._fallback_stale = False
+        self._fallback_at = time.monotonic()
         if not self.displayed or not in_kernel():
             return 0
         from IPython.display import update_display
 
         update_display(self.mimebundle(), raw=True, display_id=self.display_id)  # type: ignore[no-untyped-call]
         return 1
+
+    def fallback_due(self) -> bool:
+        """True when the fallbacks lag the widgets: at once when closed, else every 2 s."""
+        if not self._fallback_stale:
+            return False
+        return self.closed or time.monotonic() - self._fallback_at >= FALLBACK_EVERY
+
+    def refresh_fallback_when_due(self, changed: bool) -> int:
+        """After a render that ``changed`` the widgets: refresh the fallbacks if due."""
+        if changed:
+            self._fallback_stale = True
+        return self.refresh_fallback() if self.fallback_due() else 0
 
     @staticmethod
     def set_value(widget: Any, value: object, trait: str = "value") -> int:

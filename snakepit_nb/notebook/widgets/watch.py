@@ -277,7 +277,7 @@ class WatchView(DisplayedView):
 
     # -- pump protocol ----------------------------------------------------------------------
     def pending(self) -> bool:
-        return self._seq != self._rendered_seq
+        return self._seq != self._rendered_seq or self.fallback_due()
 
     def cost(self) -> int:
         return 2 + sum(1 for n in self.sliders if self._slider_due(n))
@@ -303,9 +303,7 @@ class WatchView(DisplayedView):
         if self.message != self._message_shown:
             self._message_shown = self.message
             sent += self.set_value(self.status, self._status_html())
-        if self.closed:
-            sent += self.refresh_fallback()
-        return sent
+        return sent + self.refresh_fallback_when_due(sent > 0 or self.closed)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop following changes (main thread)."""
@@ -371,7 +369,9 @@ class WatchView(DisplayedView):
     def fallback_text(self) -> str:
         lines = [f"variables of session {self.session_id!r}:"]
         for row in sorted(self.rows.values(), key=lambda r: r.name):
-            lines.append(f"  {row.name} = {fmt.short_repr(row.value, 60)}  (v{row.version})")
+            value = "deleted" if row.deleted else fmt.short_repr(row.value, 60)
+            lines.append(f"  {row.name} = {value}  (v{row.version}, by {row.source})")
+        lines.append("  (watch ended)" if self.closed else "  (live)")
         return "\n".join(lines)
 
     def fallback_html(self) -> str:

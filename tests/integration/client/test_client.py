@@ -114,6 +114,12 @@ def test_unknown_tool_session_and_bad_arguments(showcase_client: sp.Client) -> N
     with pytest.raises(sp.ToolNotFoundError, match="'nope'") as tool_info:
         s.call("nope")
     assert "add" in str(tool_info.value)  # lists what exists
+    with pytest.raises(sp.ToolNotFoundError) as near_info:
+        s.call("ad", a=1)
+    message = str(near_info.value)
+    assert "tool 'ad' is not registered (did you mean 'add'?)" in message
+    assert "worker" not in message
+    assert "w1" not in message
     with pytest.raises(sp.InvalidArgumentError, match="missing required parameter 'a'"):
         s.call("add", b=1)
     with pytest.raises(sp.InvalidArgumentError, match="'n'"):

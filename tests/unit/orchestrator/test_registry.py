@@ -26,6 +26,8 @@ def test_worker_tools_are_per_worker_and_forgotten_with_the_worker() -> None:
     assert registry.names() == ["add"]
     with pytest.raises(ToolNotFoundError, match="tool 'echo' is not registered; available: add"):
         registry.get("echo")
+    with pytest.raises(ToolNotFoundError, match=r"'ad' is not registered \(did you mean 'add'\?\)"):
+        registry.get("ad")
 
 
 def test_register_replaces_and_add_extends() -> None:

@@ -191,7 +191,11 @@ def test_tool_table_lookup_define_and_remove() -> None:
     table = ToolTable(tools(), worker_id="w9")
     with pytest.raises(ToolNotFoundError) as info:
         table.get("nope")
-    assert "tool 'nope' is not registered in worker w9; registered: add, count" in str(info.value)
+    assert str(info.value).startswith("tool 'nope' is not registered; registered: add, count")
+    with pytest.raises(ToolNotFoundError) as info:
+        table.get("ad")
+    assert "tool 'ad' is not registered (did you mean 'add'?)" in str(info.value)
+    assert "w9" not in str(info.value)
     cell = define_tool_from_source("def twice(x: int) -> int:\n    return 2 * x\n", "twice")
     table.define(cell)
     assert table.get("twice").func(x=4) == 8
