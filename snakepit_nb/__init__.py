@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from snakepit_nb.tools.adapter import Adapter, tool
     from snakepit_nb.worker.context import SessionContext
 
-__version__ = "0.1.0"
+from snakepit_nb._version import __version__
 
 __all__ = [
     "Adapter",

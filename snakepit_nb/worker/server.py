@@ -1,9 +1,10 @@
 """The worker process's gRPC server: the worker's half of BridgeService, and its life cycle.
 
 Served here: Ping, ExecuteTool, ExecuteStreamingTool, StreamTelemetry, CallChannel, DefineTool,
-DescribeTools, and PutBlob/TakeBlob (large pickled messages in pieces). Everything else belongs
-to the orchestrator and answers UNIMPLEMENTED naming it. Every RPC passes the runtime-token
-interceptor.
+DescribeTools (which reports the worker's snakepit_nb and Python versions), PutBlob/TakeBlob
+(large pickled messages in pieces) and WorkerOutput (what the tools print, see
+``worker/output.py``). Everything else belongs to the orchestrator and answers UNIMPLEMENTED
+naming it. Every RPC passes the runtime-token interceptor.
 
 Start-up order: load the adapter (and run its ``setup``), bind loopback (or a unix socket in
 the pool's private directory), ping the orchestrator until it answers, start serving, then write
@@ -19,6 +20,7 @@ import importlib
 import inspect
 import logging
 import os
+import platform
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +32,7 @@ import grpc.aio
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from snakepit_nb._errors import InvalidArgumentError, SnakepitError, StartupError
+from snakepit_nb._version import __version__ as snakepit_nb_version
 from snakepit_nb.protocol import pb, pb_grpc
 from snakepit_nb.protocol.auth import DEFAULT_MAX_MESSAGE_BYTES, TokenInterceptor, server_options
 from snakepit_nb.protocol.boundary import DecodingGuard
@@ -43,6 +46,7 @@ from snakepit_nb.worker.calls.lane import LaneServer
 from snakepit_nb.worker.calls.streaming import BATCHING_KEY, StreamRun, ToolStreamError
 from snakepit_nb.worker.lifecycle import AdoptedReaper, end_descendants, write_ready_file
 from snakepit_nb.worker.link import OrchestratorLink
+from snakepit_nb.worker.output import OutputHub
 from snakepit_nb.worker.telemetry import TelemetryEmitter
 
 if TYPE_CHECKING:
@@ -88,6 +92,8 @@ class WorkerSettings:
     guardian_pid: int | None = None
     # Whether this process adopts its tools' orphans (PR_SET_CHILD_SUBREAPER), so it must reap.
     subreaper: bool = False
+    # "off": the tools' output is not captured (worker/output.py); anything else: it is.
+    output: str = "cell"
 
 
 def load_adapter_class(spec: str) -> type[Adapter]:
@@ -258,7 +264,19 @@ class WorkerServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
             pid=os.getpid(),
             adapter=worker.settings.adapter,
             lane=worker.lane.address if worker.lane is not None else "",
+            snakepit_nb_version=snakepit_nb_version,
+            python_version=platform.python_version(),
+            python_executable=sys.executable,
         )
+
+    async def WorkerOutput(
+        self, request: pb.WorkerOutputRequest, context: ServicerContext
+    ) -> AsyncIterator[pb.OutputBatch]:
+        hub = self.worker.output
+        if hub is None:
+            return
+        async for batch in hub.batches():
+            yield batch
 
 
 def _unimplemented(method: str) -> Any:
@@ -293,6 +311,8 @@ class Worker:
             max_workers=settings.threads, thread_name_prefix="snakepit-tool"
         )
         self.telemetry = TelemetryEmitter(self.loop, worker_id=settings.worker_id)
+        # What the tools print, for the kernel (installed in start(), before the adapter loads).
+        self.output = OutputHub(settings.worker_id) if settings.output != "off" else None
         self.link: OrchestratorLink | None = None
         self.adapter: Adapter | None = None
         self.table = ToolTable({}, worker_id=settings.worker_id)
@@ -316,6 +336,8 @@ class Worker:
     async def start(self) -> str:
         """Load, bind, ping the orchestrator, serve, write the ready file; return the address."""
         settings = self.settings
+        if self.output is not None:
+            self.output.install()
         if settings.orchestrator_address:
             self.link = OrchestratorLink(
                 settings.orchestrator_address,
@@ -473,6 +495,8 @@ class Worker:
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self._reaper is not None:
             self._reaper.cancel()
+        if self.output is not None:
+            self.output.uninstall()
         # Whatever the tools started goes with the worker (the guardian checks once more).
         ended = end_descendants(spare=self._spare)
         if ended:

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import platform
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import grpc.aio
 
+from snakepit_nb._errors import StartupError
+from snakepit_nb._version import __version__
 from snakepit_nb.orchestrator.pool.channel import CallChannel
 from snakepit_nb.orchestrator.pool.lane import LaneClient
 from snakepit_nb.protocol import auth, pb, pb_grpc
@@ -24,7 +29,9 @@ if TYPE_CHECKING:
     from snakepit_nb.orchestrator.launch.base import LaunchedWorker
     from snakepit_nb.orchestrator.pool.handle import WorkerHandle
 
-__all__ = ["Connector", "GrpcConnector"]
+__all__ = ["Connector", "GrpcConnector", "check_versions"]
+
+log = logging.getLogger("snakepit_nb.pool")
 
 #: Called with the exception when a worker's call channel breaks.
 OnBroken = Callable[[BaseException], None]
@@ -98,6 +105,7 @@ class GrpcConnector:
                 pb.PingRequest(message="snakepit_nb"), metadata=self.metadata, timeout=timeout
             )
             return
+        check_versions(handle.worker_id, described)
         handle.pid = described.pid or launched.pid
         handle.tools = {spec.name: spec for spec in described.tools}
         if described.lane and self.token:
@@ -122,3 +130,34 @@ class GrpcConnector:
             )
             return True
         return False
+
+
+def check_versions(worker_id: str, described: pb.DescribeToolsResponse) -> None:
+    """Refuse a worker of another snakepit_nb version; warn about another Python minor.
+
+    A worker runs whatever ``snakepit_nb`` its interpreter imports: a stale virtual environment,
+    or a checkout on the worker's ``sys.path`` ahead of the installed one, would otherwise fail
+    later in ways that are hard to read.
+    """
+    theirs = described.snakepit_nb_version
+    interpreter = described.python_executable or "its interpreter"
+    if theirs != __version__:
+        what = f"snakepit_nb {theirs}" if theirs else "a snakepit_nb too old to report its version"
+        raise StartupError(
+            f"worker {worker_id} runs {what} ({interpreter}, Python "
+            f"{described.python_version or '?'}), but this kernel runs snakepit_nb {__version__} "
+            f"({sys.executable}); install the same snakepit_nb for the workers' interpreter "
+            "(pip install -e . in that environment), or start the pool with python= pointing "
+            "at an interpreter that has it"
+        )
+    ours = platform.python_version_tuple()[:2]
+    their_python = tuple(described.python_version.split(".")[:2])
+    if described.python_version and their_python != ours:
+        log.warning(
+            "worker %s runs Python %s (%s) and this kernel Python %s: values that are pickled "
+            "between them may not load on the other side",
+            worker_id,
+            described.python_version,
+            interpreter,
+            platform.python_version(),
+        )

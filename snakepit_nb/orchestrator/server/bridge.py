@@ -275,6 +275,8 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
 
     async def TakeBlob(self, request: pb.BlobRef, context: Any) -> NoReturn:
         await _unimplemented(context, "TakeBlob")
+    async def WorkerOutput(self, request: pb.WorkerOutputRequest, context: Any) -> NoReturn:
+        await _unimplemented(context, "WorkerOutput")
 
 
 async def _unimplemented(context: Any, rpc: str) -> NoReturn:

@@ -1002,18 +1002,64 @@ class DescribeToolsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeToolsResponse(_message.Message):
-    __slots__ = ("tools", "worker_id", "pid", "adapter", "lane")
+    __slots__ = ("tools", "worker_id", "pid", "adapter", "lane", "snakepit_nb_version", "python_version", "python_executable")
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     LANE_FIELD_NUMBER: _ClassVar[int]
+    SNAKEPIT_NB_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
     tools: _containers.RepeatedCompositeFieldContainer[ToolSpec]
     worker_id: str
     pid: int
     adapter: str
     lane: str
-    def __init__(self, tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ..., worker_id: _Optional[str] = ..., pid: _Optional[int] = ..., adapter: _Optional[str] = ..., lane: _Optional[str] = ...) -> None: ...
+    snakepit_nb_version: str
+    python_version: str
+    python_executable: str
+    def __init__(self, tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ..., worker_id: _Optional[str] = ..., pid: _Optional[int] = ..., adapter: _Optional[str] = ..., lane: _Optional[str] = ..., snakepit_nb_version: _Optional[str] = ..., python_version: _Optional[str] = ..., python_executable: _Optional[str] = ...) -> None: ...
+
+class WorkerOutputRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class OutputBatch(_message.Message):
+    __slots__ = ("worker_id", "records")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    records: _containers.RepeatedCompositeFieldContainer[OutputRecord]
+    def __init__(self, worker_id: _Optional[str] = ..., records: _Optional[_Iterable[_Union[OutputRecord, _Mapping]]] = ...) -> None: ...
+
+class OutputRecord(_message.Message):
+    __slots__ = ("tag", "stream", "text", "shown", "tool", "dropped_lines", "end", "call")
+    class Stream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STDOUT: _ClassVar[OutputRecord.Stream]
+        STDERR: _ClassVar[OutputRecord.Stream]
+        LOG: _ClassVar[OutputRecord.Stream]
+    STDOUT: OutputRecord.Stream
+    STDERR: OutputRecord.Stream
+    LOG: OutputRecord.Stream
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SHOWN_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_LINES_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    tag: str
+    stream: OutputRecord.Stream
+    text: str
+    shown: bool
+    tool: str
+    dropped_lines: int
+    end: bool
+    call: int
+    def __init__(self, tag: _Optional[str] = ..., stream: _Optional[_Union[OutputRecord.Stream, str]] = ..., text: _Optional[str] = ..., shown: _Optional[bool] = ..., tool: _Optional[str] = ..., dropped_lines: _Optional[int] = ..., end: _Optional[bool] = ..., call: _Optional[int] = ...) -> None: ...
 
 class BlobChunk(_message.Message):
     __slots__ = ("data", "total_bytes")

@@ -179,6 +179,11 @@ class BridgeServiceStub:
                 request_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobRef.SerializeToString,
                 response_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.WorkerOutput = channel.unary_stream(
+                '/snakepit.bridge.BridgeService/WorkerOutput',
+                request_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.WorkerOutputRequest.SerializeToString,
+                response_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.OutputBatch.FromString,
+                _registered_method=True)
 
 
 class BridgeServiceServicer:
@@ -373,6 +378,14 @@ class BridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WorkerOutput(self, request, context):
+        """What the worker's tools write (stdout, stderr, logging), in coalesced batches, for as long
+        as the kernel reads (docs/protocol.md, "Worker output").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -520,6 +533,11 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.TakeBlob,
                     request_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobRef.FromString,
                     response_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobChunk.SerializeToString,
+            ),
+            'WorkerOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.WorkerOutput,
+                    request_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.WorkerOutputRequest.FromString,
+                    response_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.OutputBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1305,6 +1323,33 @@ class BridgeService:
             '/snakepit.bridge.BridgeService/TakeBlob',
             snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobRef.SerializeToString,
             snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WorkerOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/snakepit.bridge.BridgeService/WorkerOutput',
+            snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.WorkerOutputRequest.SerializeToString,
+            snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.OutputBatch.FromString,
             options,
             channel_credentials,
             insecure,
