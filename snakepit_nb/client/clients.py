@@ -27,6 +27,7 @@ from snakepit_nb.client.sessions import AsyncSession, Session
 from snakepit_nb.client.streams import AsyncTelemetryFeed, TelemetryFeed, on_loop
 from snakepit_nb.orchestrator.config import Config
 from snakepit_nb.orchestrator.orchestrator import Orchestrator
+from snakepit_nb.orchestrator.output import LogText
 from snakepit_nb.orchestrator.registry import ToolSpec
 from snakepit_nb.orchestrator.service import Service
 from snakepit_nb.orchestrator.sessions import SessionInfo
@@ -224,6 +225,27 @@ class AsyncClient:
     async def _status(self) -> ClientStatus:
         return self._orch.status()
 
+    async def reload(self) -> list[str]:
+        """Replace the workers one at a time so edited adapter modules are picked up.
+
+        Calls in flight finish on their old worker, new calls go to fresh ones, cell-defined
+        tools are replayed and session variables are untouched. Returns the workers replaced;
+        raises ``StartupError`` (the rest keep their old code) if a fresh worker cannot start.
+        """
+        return await on_loop(self._loop_thread, self._reload())
+
+    async def _reload(self) -> list[str]:
+        return await self._orch.reload()
+
+    async def logs(self, worker: str | None = None, lines: int = 200) -> LogText:
+        """The last ``lines`` lines the tools wrote: ``worker``'s (``"w1"``) or each worker's,
+        prefixed ``[w1]``; stderr and logging lines start with ``! ``. Kept per worker slot,
+        across its restarts, whether the cell showed them or not."""
+        return await on_loop(self._loop_thread, self._logs(worker, lines))
+
+    async def _logs(self, worker: str | None, lines: int) -> LogText:
+        return self._orch.logs(worker, lines)
+
     async def telemetry(
         self, *, prefix: tuple[str, ...] = (), maxsize: int = 1000
     ) -> AsyncTelemetryFeed:
@@ -361,6 +383,14 @@ class Client:
     def status(self) -> ClientStatus:
         """Workers (pid, state, in-flight, calls, errors, restarts, memory), queue, sessions."""
         return self._run(self._async.status())
+
+    def reload(self) -> list[str]:
+        """Replace the workers one at a time so edited adapter modules are picked up."""
+        return self._run(self._async.reload())
+
+    def logs(self, worker: str | None = None, lines: int = 200) -> LogText:
+        """The last ``lines`` lines the tools wrote (``client.logs("w1")``, or every worker's)."""
+        return self._run(self._async.logs(worker, lines))
 
     def telemetry(self, *, prefix: tuple[str, ...] = (), maxsize: int = 1000) -> TelemetryFeed:
         """A feed of worker telemetry events; iterate it, ``drain()`` it, ``close()`` it."""

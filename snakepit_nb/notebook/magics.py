@@ -1,7 +1,9 @@
 """``%snakepit`` and ``%%snakepit_tool``: the notebook's commands.
 
     %snakepit start [-n N] [--adapter pkg.mod:Class] [--python P] [--restart]
+                    [--worker-output cell|log|off] [--autoreload]
     %snakepit stop | status [--once] | tools [NAME] | config [--ui-hz H ...]
+    %snakepit reload | logs [w1] [-n N] | help [SUBCOMMAND]
     %snakepit session new|use|list|info|close [NAME]
     x = %snakepit call TOOL a=1 b='text' c={notebook_var} [--timeout S] [-s SESSION]
     h = %snakepit stream TOOL n=5 [--bg] [--tail N]
@@ -27,7 +29,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from . import parsers
 from .arguments import expand_word, parse_value, split_arguments, split_words
 from .cell_tools import define_cell_tool
-from .reprs import History, RecordList, SessionTable, ToolTable
+from .reprs import History, RecordList, ReloadResult, SessionTable, ToolTable
 from .runtime import DEFAULT_SESSION, NotebookRuntime
 from .widgets.view import in_kernel
 
@@ -137,6 +139,8 @@ class SnakepitMagics(Magics):
             call_timeout=args.call_timeout,
             startup_timeout=args.startup_timeout,
             max_queue=args.max_queue,
+            worker_output=args.worker_output,
+            autoreload=args.autoreload or None,
         )
 
     def _cmd_stop(self, args: Any, _: dict[str, Any]) -> None:
@@ -144,6 +148,19 @@ class SnakepitMagics(Magics):
             self._say("snakepit: pool stopped")
         else:
             self._say("snakepit: no pool is running")
+
+    def _cmd_reload(self, args: Any, _: dict[str, Any]) -> list[str]:
+        client = self._require_running()
+        replaced = client.reload()
+        self._say(f"snakepit: reloaded {', '.join(replaced) or 'no worker (none was ready)'}")
+        return ReloadResult(replaced)
+
+    def _cmd_logs(self, args: Any, _: dict[str, Any]) -> Any:
+        client = self._require_running()
+        if args.lines < 1:
+            raise UsageError("-n/--lines must be at least 1")
+        worker = expand_word(args.worker, self.ns) if args.worker else None
+        return client.logs(worker, lines=args.lines)
 
     def _client(self) -> Any:
         return self.rt.ensure_client(self._say)

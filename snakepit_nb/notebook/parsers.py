@@ -36,6 +36,12 @@ def _named(prog: str) -> Callable[[Stub], Stub]:
 @argument("--startup-timeout", type=float, help="seconds a worker may take to become ready")
 @argument("--max-queue", type=int, help="calls that may wait for a free worker")
 @argument("--restart", action="store_true", help="stop a running pool first")
+@argument(
+    "--worker-output",
+    choices=["cell", "log", "off"],
+    help="where tools' prints go: the calling cell (default), only %%snakepit logs, or nowhere",
+)
+@argument("--autoreload", action="store_true", help="reload the workers when the adapter changes")
 def start(**_: Any) -> None:
     """Start the worker pool; returns the client (``c = %snakepit start -n 4``)."""
 
@@ -51,6 +57,20 @@ def stop(**_: Any) -> None:
 @argument("--once", action="store_true", help="a snapshot instead of a live widget")
 def status(**_: Any) -> None:
     """Show the workers (pid, state, in-flight, calls, restarts, memory), refreshed live."""
+
+
+@_named("%snakepit reload")
+@magic_arguments()
+def reload(**_: Any) -> None:
+    """Replace the workers one at a time so edited adapter modules are picked up."""
+
+
+@_named("%snakepit logs")
+@magic_arguments()
+@argument("worker", nargs="?", help="a worker id such as w1 (default: every worker)")
+@argument("-n", "--lines", type=int, default=200, help="lines to show (default 200)")
+def logs(**_: Any) -> None:
+    """Show the last lines the workers' tools printed (stdout, stderr, logging)."""
 
 
 @_named("%snakepit tools")
@@ -156,6 +176,8 @@ SUBCOMMANDS: dict[str, Stub] = {
     "start": start,
     "stop": stop,
     "status": status,
+    "reload": reload,
+    "logs": logs,
     "tools": tools,
     "config": config,
     "session": session,

@@ -89,3 +89,13 @@ class History(list[Any]):
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(repr(self))
+
+
+class ReloadResult(list[str]):
+    """The workers ``%snakepit reload`` replaced (a plain list of ids)."""
+
+    def __repr__(self) -> str:
+        return f"reloaded: {', '.join(self) or 'no worker'}"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))

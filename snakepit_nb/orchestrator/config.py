@@ -86,6 +86,18 @@ class Config:
         max_variable_history: versions kept per variable (oldest dropped first).
         kernel_tool_threads: threads that run synchronous kernel tools.
 
+    Worker output and reloading:
+        worker_output: where what tools print (stdout, stderr, ``logging`` at WARNING and
+            above) goes: ``"cell"`` (the calling cell, or ``sys.stdout``/``sys.stderr`` with a
+            ``[w1]`` prefix in plain Python; also kept for ``client.logs()``), ``"log"`` (only
+            kept for ``client.logs()``) or ``"off"`` (not captured).
+        output_lines: lines of output one call shows in its cell; the rest are kept for
+            ``client.logs()`` and a notice says how many were not shown.
+        log_lines: lines of output kept per worker slot for ``client.logs()`` (across the
+            slot's restarts).
+        autoreload: replace the workers one at a time (``client.reload()``) when the source
+            file of the adapter's module changes.
+
     Transport and security:
         transport: ``"tcp"`` (127.0.0.1, a free port) or ``"unix"`` (sockets in a private
             0700 directory).
@@ -125,6 +137,10 @@ class Config:
     recycle_above_rss: int | None = None
     kernel_tool_threads: int = 4
     auth: bool = True
+    worker_output: str = "cell"
+    output_lines: int = 1000
+    log_lines: int = 2000
+    autoreload: bool = False
 
     def __post_init__(self) -> None:
         self._check_int("workers", self.workers, 1, 256)
@@ -140,6 +156,14 @@ class Config:
         self._check_int("max_variable_bytes", self.max_variable_bytes, 1, 2**31 - 1)
         self._check_int("max_variables", self.max_variables, 1, 10_000_000)
         self._check_int("max_variable_history", self.max_variable_history, 1, 10_000_000)
+        self._check_int("output_lines", self.output_lines, 0, 10_000_000)
+        self._check_int("log_lines", self.log_lines, 1, 1_000_000)
+        if self.worker_output not in ("cell", "log", "off"):
+            raise ConfigurationError(
+                f"worker_output must be 'cell', 'log' or 'off', not {self.worker_output!r}"
+            )
+        if not isinstance(self.autoreload, bool):
+            raise ConfigurationError(f"autoreload must be True or False, not {self.autoreload!r}")
         if self.max_variable_bytes + 64 * 1024 > self.max_callback_bytes:
             raise ConfigurationError(
                 f"max_variable_bytes={self.max_variable_bytes} does not fit in "

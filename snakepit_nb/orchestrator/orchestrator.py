@@ -24,8 +24,10 @@ from snakepit_nb._errors import ClosedError, InvalidArgumentError
 from snakepit_nb._loop import get_loop_thread
 from snakepit_nb.orchestrator.config import Config
 from snakepit_nb.orchestrator.kernel_tools import KernelTools
+from snakepit_nb.orchestrator.output import LogText, OutputRouter
 from snakepit_nb.orchestrator.pool.calls.direct import NOT_DIRECT, Target
 from snakepit_nb.orchestrator.registry import ToolRegistry
+from snakepit_nb.orchestrator.reload import AdapterWatcher, adapter_source
 from snakepit_nb.orchestrator.routing import BatchStream, CallRouter
 from snakepit_nb.orchestrator.server.bridge import BridgeServer, OrchestratorServicer
 from snakepit_nb.orchestrator.sessions import SessionInfo, SessionStore
@@ -86,6 +88,10 @@ class Orchestrator:
             variables=self.variables,
             pool=lambda: self.pool,
         )
+        #: The workers' output: to the calling cells and a tail per worker (orchestrator/output.py).
+        self.output = OutputRouter(config.worker_output, tail_lines=config.log_lines)
+        #: Watches the adapter's source file when ``autoreload=True``.
+        self.watcher: AdapterWatcher | None = None
         self._launcher = launcher
         # Calls the server refused for want of the token: a foreign worker started without
         # auth=False shows itself there at once (the pool's start watches it).
@@ -116,12 +122,18 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Serve, then start the pool; on any failure everything started so far is stopped."""
+        watched = (
+            adapter_source(self.config.adapter, self.config.cwd) if self.config.autoreload else None
+        )
         await self.serve()
         try:
             await self._start_pool()
         except BaseException:
             await self.close()
             raise
+        if watched is not None:
+            self.watcher = AdapterWatcher(watched, self.reload)
+            self.watcher.start()
         self._state = "running"
 
     async def serve(self) -> None:
@@ -169,6 +181,7 @@ class Orchestrator:
             registry=self.registry,
             launcher=self._launcher,
             refusals=self.refusals,
+            output=self.output if self.output.captures else None,
         )
         self._pool = pool
         self.telemetry.attach(self._subscribe_pool_telemetry)
@@ -186,6 +199,8 @@ class Orchestrator:
                 return
             self._state = "closing"
             try:
+                if self.watcher is not None:
+                    await self.watcher.close()
                 self.telemetry.close()
                 pool, self._pool = self._pool, None
                 if pool is not None:
@@ -212,6 +227,20 @@ class Orchestrator:
     def check_open(self) -> None:
         if self._state in ("closing", "closed"):
             raise ClosedError("this client was closed; start a new one with sp.start()")
+
+    async def reload(self) -> list[str]:
+        """Replace the workers one at a time, so edited adapter modules are imported anew.
+
+        Calls in flight finish on the worker they run on; new calls go to the others (or wait
+        for a fresh one); cell-defined tools are replayed; session variables are untouched.
+        Returns the ids of the workers replaced.
+        """
+        self.check_open()
+        return await self.pool.reload()
+
+    def logs(self, worker: str | None = None, lines: int = 200) -> LogText:
+        """The last ``lines`` lines the workers' tools wrote (one worker's, or each's)."""
+        return self.output.logs(worker, lines)
 
     # ------------------------------------------------------------------ service: tools
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.config import Config
+    from snakepit_nb.orchestrator.output import LogText, OutputRouter
     from snakepit_nb.orchestrator.pool.calls.batches import MapResult
     from snakepit_nb.orchestrator.pool.calls.direct import Target
     from snakepit_nb.orchestrator.routing import BatchStream
@@ -41,6 +42,10 @@ class Service(Protocol):
 
     @property
     def closed(self) -> bool: ...
+
+    @property
+    def output(self) -> OutputRouter:
+        """The workers' output: scopes for callers' cells, the per-worker tails."""
 
     def check_open(self) -> None:
         """Raise ClosedError once the runtime is closing or closed."""
@@ -167,6 +172,12 @@ class Service(Protocol):
     def max_variable_bytes(self) -> int: ...
 
     def status(self) -> ClientStatus: ...
+
+    async def reload(self) -> list[str]:
+        """Replace the workers one at a time (edited adapter modules are imported anew)."""
+
+    def logs(self, worker: str | None = None, lines: int = 200) -> LogText:
+        """The last lines the workers' tools wrote."""
 
     def subscribe_telemetry(
         self, *, prefix: tuple[str, ...], maxsize: int

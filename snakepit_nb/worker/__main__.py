@@ -10,7 +10,8 @@ marker, which the worker's guardian looks for in the tools' processes); optional
 ``SNAKEPIT_NB_THREADS``, ``SNAKEPIT_NB_MAX_MESSAGE_BYTES``, ``SNAKEPIT_NB_HEARTBEAT_INTERVAL``,
 ``SNAKEPIT_NB_HEARTBEAT_MISSES`` (or the published bridge's ``SNAKEPIT_HEARTBEAT_CONFIG``),
 ``SNAKEPIT_NB_PING_TIMEOUT`` (seconds to wait for the orchestrator at start-up, default 10),
-``SNAKEPIT_NB_WORKER_OUTPUT`` (``off``: the tools' output is not captured for the kernel).
+``SNAKEPIT_NB_WORKER_OUTPUT`` (``off``: the tools' output is not captured for the kernel),
+``SNAKEPIT_NB_OUTPUT_LINES`` (lines one call may show in its cell, default 1000).
 Flags of the published bridge that mean nothing here (``--snakepit-instance-name``...) are
 accepted and ignored. Exit codes: 0 after SIGTERM, 2 when start-up failed (the reason is on
 stderr), 3 when the parent died, 4 when the orchestrator went away.
@@ -98,6 +99,7 @@ def settings_from(argv: Sequence[str] | None, env: Mapping[str, str]) -> WorkerS
         threads=max(1, threads),
         ping_timeout=max(0.1, _env_float(env, "SNAKEPIT_NB_PING_TIMEOUT", 10.0)),
         output=env.get("SNAKEPIT_NB_WORKER_OUTPUT", "") or "cell",
+        output_lines=max(0, int(_env_float(env, "SNAKEPIT_NB_OUTPUT_LINES", 1000))),
     )
 
 

@@ -94,6 +94,8 @@ class WorkerSettings:
     subreaper: bool = False
     # "off": the tools' output is not captured (worker/output.py); anything else: it is.
     output: str = "cell"
+    # Lines of output one call may show in its cell.
+    output_lines: int = 1000
 
 
 def load_adapter_class(spec: str) -> type[Adapter]:
@@ -312,7 +314,11 @@ class Worker:
         )
         self.telemetry = TelemetryEmitter(self.loop, worker_id=settings.worker_id)
         # What the tools print, for the kernel (installed in start(), before the adapter loads).
-        self.output = OutputHub(settings.worker_id) if settings.output != "off" else None
+        self.output = (
+            OutputHub(settings.worker_id, cell_lines=settings.output_lines)
+            if settings.output != "off"
+            else None
+        )
         self.link: OrchestratorLink | None = None
         self.adapter: Adapter | None = None
         self.table = ToolTable({}, worker_id=settings.worker_id)

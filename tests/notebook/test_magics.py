@@ -395,6 +395,22 @@ def test_kernel_tools_run_in_the_kernel_and_workers_call_them(running: Interacti
     assert magic(ip, "call ask_kernel tool=scaled x=4") == 12
 
 
+def test_reload_replaces_the_workers_and_keeps_cell_tools_and_variables(
+    running: InteractiveShell, capsys: pytest.CaptureFixture[str]
+):
+    ip = running
+    cell(ip, "", "def tripled(x: int) -> int:\n    return 3 * x\n")
+    magic(ip, "var set kept_across 7")
+    before = worker_pids(ip)
+    replaced = magic(ip, "reload")
+    assert replaced == ["w1"]
+    assert repr(replaced) == "reloaded: w1"
+    assert "snakepit: reloaded w1" in capsys.readouterr().out
+    assert set(worker_pids(ip)).isdisjoint(before)
+    assert magic(ip, "call tripled x=5") == 15
+    assert magic(ip, "var get kept_across") == 7
+
+
 # -- last: this one stops the module's pool ---------------------------------------------------
 def test_an_implicit_start_says_so_and_a_second_start_offers_restart(
     running: InteractiveShell, capsys: pytest.CaptureFixture[str]

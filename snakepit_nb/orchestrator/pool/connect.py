@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import platform
 import sys
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from snakepit_nb.orchestrator.pool.handle import WorkerHandle
 
 __all__ = ["Connector", "GrpcConnector", "check_versions"]
-
-log = logging.getLogger("snakepit_nb.pool")
 
 #: Called with the exception when a worker's call channel breaks.
 OnBroken = Callable[[BaseException], None]
@@ -153,11 +151,10 @@ def check_versions(worker_id: str, described: pb.DescribeToolsResponse) -> None:
     ours = platform.python_version_tuple()[:2]
     their_python = tuple(described.python_version.split(".")[:2])
     if described.python_version and their_python != ours:
-        log.warning(
-            "worker %s runs Python %s (%s) and this kernel Python %s: values that are pickled "
-            "between them may not load on the other side",
-            worker_id,
-            described.python_version,
-            interpreter,
-            platform.python_version(),
+        warnings.warn(
+            f"worker {worker_id} runs Python {described.python_version} ({interpreter}) and "
+            f"this kernel Python {platform.python_version()}: values pickled between them may "
+            "not load on the other side; start the pool with python= of the same minor version",
+            RuntimeWarning,
+            stacklevel=1,
         )

@@ -65,6 +65,7 @@ from snakepit_nb.protocol import pb
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.config import Config
     from snakepit_nb.orchestrator.launch.base import Launcher
+    from snakepit_nb.orchestrator.output import OutputRouter
     from snakepit_nb.orchestrator.registry import ToolRegistry
     from snakepit_nb.protocol.auth import Refusals
 
@@ -114,8 +115,11 @@ class Pool:
         registry: ToolRegistry,
         launcher: Launcher | None = None,
         refusals: Refusals | None = None,
+        output: OutputRouter | None = None,
     ) -> None:
         self.config = config
+        #: Where the workers' output goes (None: not read).
+        self.output = output
         self.refusals = refusals
         self.registry = registry
         self.run_id = run_id
@@ -156,6 +160,7 @@ class Pool:
             max_workers=max(4, min(64, config.workers * (config.capacity + 2))),
             thread_name_prefix="snakepit-lane",
         )
+        self._reload_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -229,6 +234,8 @@ class Pool:
         await self.supervisor.close(grace=grace)
         self._telemetry_tasks.clear()
         self.lane_executor.shutdown(wait=False, cancel_futures=True)
+        if self.output is not None:
+            await self.output.aclose()
 
     @property
     def closed(self) -> bool:
@@ -492,9 +499,13 @@ class Pool:
             self.registry.register_worker_tools(handle.worker_id, list(handle.tools.values()))
         if not handle.foreign and self._telemetry_callbacks:
             self._start_telemetry(handle)
+        if not handle.foreign and self.output is not None and handle.stub is not None:
+            self.output.follow(handle.worker_id, handle.stub, self.metadata)
 
     def _worker_gone(self, handle: WorkerHandle) -> None:
         self.registry.forget_worker(handle.worker_id)
+        if self.output is not None:
+            self.output.unfollow(handle.worker_id)
         task = self._telemetry_tasks.pop(handle.worker_id, None)
         if task is not None:
             task.cancel()
@@ -510,6 +521,12 @@ class Pool:
                 await self.supervisor.revive(handle)
                 revived.append(handle.worker_id)
         return revived
+
+    async def reload(self) -> list[str]:
+        """Replace the workers one at a time (see ``Supervisor.reload``); returns their ids."""
+        self._check_open()
+        async with self._reload_lock:
+            return await self.supervisor.reload()
 
     def record_heartbeat(self, worker_id: str) -> None:
         """Called by the orchestrator's server when a worker sends Heartbeat."""

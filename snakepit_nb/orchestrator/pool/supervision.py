@@ -141,6 +141,8 @@ class Supervisor:
             "SNAKEPIT_NB_MAX_MESSAGE_BYTES": str(config.max_message_bytes),
             "SNAKEPIT_NB_HEARTBEAT_INTERVAL": repr(float(config.heartbeat_interval)),
             "SNAKEPIT_NB_HEARTBEAT_MISSES": str(config.heartbeat_misses),
+            "SNAKEPIT_NB_WORKER_OUTPUT": config.worker_output,
+            "SNAKEPIT_NB_OUTPUT_LINES": str(config.output_lines),
             **config.env,
         }
         if self.token:
@@ -448,6 +450,37 @@ class Supervisor:
         except StartupError as exc:
             handle.last_error = str(exc)
             self._spawn(self._restart(handle))
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> list[str]:
+        """Replace the ready workers one at a time with fresh processes; returns their ids.
+
+        Each one first stops taking calls and finishes those it runs (new calls go to the
+        others, or wait for its replacement), then stops; its replacement imports the adapter
+        and its modules anew and gets the cell-defined tools. A replacement that cannot start
+        (an edit broke the adapter) stops the reload with its error: the slots not reached yet
+        keep serving with their old code, and the failed one keeps restarting as after a crash.
+        """
+        replaced: list[str] = []
+        for handle in self.handles:
+            if self.closing:
+                break
+            if handle.state is not WorkerState.READY:
+                continue  # starting, restarting or given up: it starts fresh anyway
+            log.info("reloading worker %s", handle.worker_id)
+            handle.state = WorkerState.DRAINING
+            handle.recycle_requested = "reload"
+            self.dispatcher.worker_gone(handle)
+            await self._drain_and_replace(handle, "reloaded")
+            if handle.state is not WorkerState.READY:
+                raise StartupError(
+                    f"worker {handle.worker_id} did not start again after the reload: "
+                    f"{handle.last_error or handle.state.value}; fix the adapter and reload "
+                    f"again (workers reloaded before it: {', '.join(replaced) or 'none'})"
+                )
+            replaced.append(handle.worker_id)
+        return replaced
 
     # ------------------------------------------------------------------ stop
 

@@ -112,7 +112,7 @@ def test_an_uncaught_ctrl_c_during_a_call_exits_at_once(tool: str) -> None:
         exit_s = time.monotonic() - started
         assert proc.returncode != 0
         lines = err.rstrip().splitlines()
-        assert lines[-1] == "KeyboardInterrupt", err
+        assert lines[-1] == f"KeyboardInterrupt: call {tool!r} cancelled", err
         assert "Error" not in err.replace("KeyboardInterrupt", ""), err
         assert exit_s < EXIT_BOUND, f"exit took {exit_s:.2f} s"
         assert wait_until(lambda: not processes_with_marker(run_id), 2.0)

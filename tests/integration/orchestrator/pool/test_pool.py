@@ -375,13 +375,30 @@ def test_map_items_on_a_dead_worker_fail_others_complete(make: Callable[..., Any
 
 
 def missing_everywhere(client: Any, tool: str, **kwargs: Any) -> set[str]:
-    """Workers that answered NOT_FOUND for ``tool`` (fresh sessions rotate over workers)."""
-    seen: set[str] = set()
+    """Workers that do not serve ``tool``: each one's own DescribeTools lacks it, and calls
+    (fresh sessions rotate over the workers) answer NOT_FOUND."""
     for i in range(8):
-        with pytest.raises(ToolNotFoundError) as info:
+        with pytest.raises(ToolNotFoundError):
             client.session(f"probe-{tool}-{i}").call(tool, **kwargs)
-        seen.add(str(info.value).split("registered in worker ")[1].split(";")[0])
-    return seen
+    pool = client.orchestrator.pool
+
+    async def described() -> dict[str, set[str]]:
+        tables = {}
+        for handle in pool.handles:
+            reply = await handle.stub.DescribeTools(
+                pb.DescribeToolsRequest(), metadata=pool.metadata, timeout=10
+            )
+            tables[handle.worker_id] = {spec.name for spec in reply.tools}
+        return tables
+
+    tables = asyncio.run_coroutine_threadsafe(described(), pool_loop()).result(30)
+    return {wid for wid, names in tables.items() if tool not in names}
+
+
+def pool_loop() -> asyncio.AbstractEventLoop:
+    from snakepit_nb._loop import get_loop_thread
+
+    return get_loop_thread().loop
 
 
 TRIPLE = "def triple(x: int) -> int:\n    return 3 * x\n"
