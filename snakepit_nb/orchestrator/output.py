@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -71,12 +72,30 @@ class OutputScope:
     sink: OutputSink | None
     #: (worker, call) of the calls that wrote and have not sent their end yet.
     writing: set[tuple[str, int]] = field(default_factory=set)
-    _settled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _settled: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _event: asyncio.Event | None = field(default=None, repr=False)
 
     @property
     def metadata(self) -> dict[str, str]:
         """The request metadata that carries this scope's tag to the worker."""
         return {OUTPUT_KEY: self.tag}
+
+    def _started(self, key: tuple[str, int]) -> None:
+        with self._settled:
+            self.writing.add(key)
+
+    def _ended(self, key: tuple[str, int]) -> None:
+        with self._settled:
+            self.writing.discard(key)
+            if not self.writing:
+                self._settled.notify_all()
+                if self._event is not None:  # feed runs on the loop thread, as close does
+                    self._event.set()
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Block until every call of the scope that wrote has sent its end (any thread)."""
+        with self._settled:
+            return self._settled.wait_for(lambda: not self.writing, timeout)
 
 
 class LogText(str):
@@ -148,18 +167,33 @@ class OutputRouter:
         return scope
 
     async def close(self, scope: OutputScope, timeout: float = SETTLE_TIMEOUT) -> None:  # noqa: ASYNC109
-        """The scope's calls are done: wait (bounded) for output still on its way, then flush."""
+        """The scope's calls are done: wait (bounded) for output still on its way, then flush.
+
+        On the loop thread the records arrive on, so the wait yields to it.
+        """
         try:
             if scope.writing:
-                with _suppress_timeout():
+                scope._event = asyncio.Event()
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         while scope.writing:
-                            scope._settled.clear()
-                            await scope._settled.wait()
+                            await scope._event.wait()
+                            scope._event.clear()
         finally:
-            self._scopes.pop(scope.tag, None)
-            if scope.sink is not None:
-                scope.sink.flush()
+            self._forget(scope)
+
+    def close_blocking(self, scope: OutputScope, timeout: float = SETTLE_TIMEOUT) -> None:
+        """:meth:`close` for a caller thread that is not the loop's."""
+        try:
+            if scope.writing:
+                scope.wait_settled(timeout)
+        finally:
+            self._forget(scope)
+
+    def _forget(self, scope: OutputScope) -> None:
+        self._scopes.pop(scope.tag, None)
+        if scope.sink is not None:
+            scope.sink.flush()
 
     # -- records ------------------------------------------------------------------------------
     def feed(self, batch: pb.OutputBatch) -> None:
@@ -173,8 +207,7 @@ class OutputRouter:
             scope = self._scopes.get(record.tag) if record.tag else None
             if record.end:
                 if scope is not None:
-                    scope.writing.discard((worker_id, record.call))
-                    scope._settled.set()
+                    scope._ended((worker_id, record.call))
                 continue
             if record.dropped_lines:
                 self.dropped_lines += record.dropped_lines
@@ -187,7 +220,8 @@ class OutputRouter:
             stream = STREAM_NAMES.get(record.stream, "stderr")
             tail.add(stream, record.text)
             if scope is not None:
-                scope.writing.add((worker_id, record.call))
+                if (worker_id, record.call) not in scope.writing:
+                    scope._started((worker_id, record.call))
                 if record.shown and scope.sink is not None:
                     scope.sink.write(worker_id, stream, record.text)
 
@@ -247,11 +281,3 @@ class OutputRouter:
     def forget(self, worker_ids: Iterable[str]) -> None:
         for wid in worker_ids:
             self._tails.pop(wid, None)
-
-
-class _suppress_timeout:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
-        return exc_type is TimeoutError

@@ -112,3 +112,23 @@ def test_close_of_a_quiet_scope_does_not_wait() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="'cell', 'log', 'off'"):
         OutputRouter("loud")
+
+
+def test_close_blocking_waits_on_a_caller_thread_for_records_fed_elsewhere() -> None:
+    import threading
+
+    router = OutputRouter("cell")
+    sink = Sink()
+    scope = router.open(sink)
+    router.feed(batch("w1", pb.OutputRecord(tag=scope.tag, text="a\n", shown=True, call=1)))
+    late = batch(
+        "w1",
+        pb.OutputRecord(tag=scope.tag, text="b\n", shown=True, call=1),
+        pb.OutputRecord(tag=scope.tag, end=True, call=1),
+    )
+    feeder = threading.Timer(0.05, router.feed, (late,))
+    feeder.start()
+    router.close_blocking(scope, timeout=5)
+    feeder.join()
+    assert [w[2] for w in sink.writes] == ["a\n", "b\n"]
+    assert sink.flushes == 1

@@ -31,9 +31,7 @@ def test_the_package_version_is_the_projects() -> None:
 
 def test_a_worker_of_another_snakepit_nb_version_is_refused_at_once(tmp_path: Path) -> None:
     stale = tmp_path / "snakepit_nb"
-    shutil.copytree(
-        paths.ROOT / "snakepit_nb", stale, ignore=shutil.ignore_patterns("__pycache__")
-    )
+    shutil.copytree(paths.ROOT / "snakepit_nb", stale, ignore=shutil.ignore_patterns("__pycache__"))
     (stale / "_version.py").write_text('__version__ = "0.0.1"\n')
     started = time.monotonic()
     with pytest.raises(sp.StartupError) as info:
