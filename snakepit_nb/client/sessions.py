@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from snakepit_nb._errors import InvalidArgumentError
 from snakepit_nb.client.blocking import blocking_runner, caller_errors
+from snakepit_nb.client.output import caller_sink
 from snakepit_nb.client.streams import AsyncStream, Stream, on_loop
 from snakepit_nb.orchestrator.sessions import SessionInfo
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from snakepit_nb._loop import LoopThread
     from snakepit_nb.client.async_variables import AsyncVariables
     from snakepit_nb.client.variables import Variables
+    from snakepit_nb.orchestrator.output import OutputSink
     from snakepit_nb.orchestrator.pool.calls.direct import Target
     from snakepit_nb.orchestrator.routing import BatchStream
     from snakepit_nb.orchestrator.service import Service
@@ -154,33 +156,59 @@ class AsyncSession:
         """
         timeout = _split_reserved(kwargs, self.timeout)
         _check_target(tool)
-        return await on_loop(self._loop_thread, self._call(tool, args, kwargs, timeout))
+        sink = caller_sink(self._service)  # here: in the caller's thread and cell
+        return await on_loop(self._loop_thread, self._call(tool, args, kwargs, timeout, sink))
+
+    async def _call_for(
+        self, sink: OutputSink | None, tool: Target, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``call`` with the caller's output sink chosen already (by the blocking Session)."""
+        timeout = _split_reserved(kwargs, self.timeout)
+        _check_target(tool)
+        return await self._call(tool, args, kwargs, timeout, sink)
 
     async def _call(
-        self, tool: Target, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float | None
+        self,
+        tool: Target,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        limit: float | None,
+        sink: OutputSink | None = None,
     ) -> Any:
-        return await self._service.call(
-            self.session_id,
-            tool,
-            kwargs,
-            args=args,
-            timeout=limit,
-            strict_affinity=self.strict_affinity,
-        )
+        output = self._service.output
+        scope = output.open(sink)
+        try:
+            return await self._service.call(
+                self.session_id,
+                tool,
+                kwargs,
+                args=args,
+                timeout=limit,
+                strict_affinity=self.strict_affinity,
+                metadata=scope.metadata,
+            )
+        finally:
+            await output.close(scope)
 
     def _call_blocking(self, tool: Target, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The blocking call of ``Session.call`` (from a thread that is not the loop's)."""
         self._refuse_on_loop()
         timeout = _split_reserved(kwargs, self.timeout)
         _check_target(tool)
-        return self._service.call_blocking(
-            self.session_id,
-            tool,
-            args,
-            kwargs,
-            timeout=timeout,
-            strict_affinity=self.strict_affinity,
-        )
+        output = self._service.output
+        scope = output.open(caller_sink(self._service))  # in the caller's thread and cell
+        try:
+            return self._service.call_blocking(
+                self.session_id,
+                tool,
+                args,
+                kwargs,
+                timeout=timeout,
+                strict_affinity=self.strict_affinity,
+                metadata=scope.metadata,
+            )
+        finally:
+            output.close_blocking(scope)
 
     def stream(self, tool: str, /, **kwargs: Any) -> AsyncStream:
         """Start a streaming call; iterate the result with ``async for``."""

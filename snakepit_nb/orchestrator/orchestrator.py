@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from snakepit_nb._errors import ClosedError, InvalidArgumentError
+from snakepit_nb._errors import ClosedError, InvalidArgumentError, NotFoundError
 from snakepit_nb._loop import get_loop_thread
 from snakepit_nb.orchestrator.config import Config
 from snakepit_nb.orchestrator.kernel_tools import KernelTools
@@ -240,6 +240,12 @@ class Orchestrator:
 
     def logs(self, worker: str | None = None, lines: int = 200) -> LogText:
         """The last ``lines`` lines the workers' tools wrote (one worker's, or each's)."""
+        if worker is not None and self._pool is not None:
+            known = [h.worker_id for h in self._pool.handles]
+            if worker not in known:
+                raise NotFoundError(
+                    f"no worker {worker!r} in this pool; its workers are {', '.join(known)}"
+                )
         return self.output.logs(worker, lines)
 
     # ------------------------------------------------------------------ service: tools

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
-from snakepit_nb._errors import ConfigurationError, NotFoundError
+from snakepit_nb._errors import ConfigurationError
 from snakepit_nb.protocol import pb
 
 __all__ = [
@@ -267,12 +267,7 @@ class OutputRouter:
             raise ValueError(f"lines must be a positive whole number, not {lines!r}")
         if worker is not None:
             tail = self._tails.get(worker)
-            if tail is None:
-                known = ", ".join(self.workers()) or "none has written anything yet"
-                raise NotFoundError(
-                    f"no output from worker {worker!r}; workers with output: {known}"
-                )
-            return LogText("\n".join(list(tail.lines)[-lines:]))
+            return LogText("\n".join(list(tail.lines)[-lines:]) if tail is not None else "")
         parts: list[str] = []
         for wid in self.workers():
             parts.extend(f"[{wid}] {line}" for line in list(self._tails[wid].lines)[-lines:])

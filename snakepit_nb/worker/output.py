@@ -20,19 +20,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import io
 import itertools
 import logging
 import sys
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from snakepit_nb.protocol import pb
 
 __all__ = [
+    "CELL_LINES_KEY",
     "LOG",
     "OUTPUT_KEY",
     "STDERR",
@@ -40,7 +42,10 @@ __all__ = [
     "CallOutput",
     "OutputHub",
     "current_call",
+    "in_context",
 ]
+
+T = TypeVar("T")
 
 #: Request metadata: the kernel's tag for the output of this call.
 OUTPUT_KEY = "snakepit_nb.output"
@@ -88,6 +93,11 @@ def current_call() -> CallOutput | None:
     return _current.get()
 
 
+def in_context(fn: Callable[[], T]) -> Callable[[], T]:
+    """``fn`` to run in a thread with the caller's context (so its writes keep their call)."""
+    return functools.partial(contextvars.copy_context().run, fn)
+
+
 @dataclass
 class _Pending:
     tag: str
@@ -119,6 +129,9 @@ class OutputHub:
         self._calls = itertools.count(1)
         self._sent_seq = 0  # of which the kernel's reader took
         self._sent: asyncio.Event | None = None
+        self._sent_cond = threading.Condition()  # the same signal, for callers' threads
+        # Set when a call ended: its answer waits for the output, so the pause is cut short.
+        self._urgent: asyncio.Event | None = None
         self._pending: deque[_Pending] = deque()
         self._bytes = 0
         self.dropped_lines = 0
@@ -192,12 +205,21 @@ class OutputHub:
 
     def _notice(self, state: CallOutput) -> None:
         text = (
-            f"[{self.worker_id}] {max(1, state.hidden):,} more lines of output from "
+            f"{max(1, state.hidden):,} more lines of output from "
             f"{state.tool!r} were not shown (a call shows at most {state.cell_lines:,}); "
             f"read the last ones with client.logs({self.worker_id!r})"
             f" or %snakepit logs {self.worker_id}\n"
         )
         self._append(_Pending(state.tag, STDERR, text, True, state.tool, call=state.number))
+
+    def settle_blocking(self, state: CallOutput | None, timeout: float = SETTLE_TIMEOUT) -> None:
+        """:meth:`settle` for a call run in a thread of its own (the lane's)."""
+        if state is None or not state.end_seq or not self.readers:
+            return
+        with self._sent_cond:
+            self._sent_cond.wait_for(
+                lambda: self._sent_seq >= state.end_seq or not self.readers, timeout
+            )
 
     # -- writes (any thread) ---------------------------------------------------------------
     def write(self, stream: int, text: str) -> None:
@@ -242,7 +264,7 @@ class OutputHub:
             while self._bytes > self.max_pending and self._drop_one():
                 pass
             seq = self._seq
-        self._poke()
+        self._poke(urgent=item.end)
         return seq
 
     def _drop_one(self) -> bool:
@@ -259,12 +281,14 @@ class OutputHub:
         self.dropped_lines += old.text.count("\n") or 1
         return True
 
-    def _poke(self) -> None:
+    def _poke(self, urgent: bool = False) -> None:
         loop, wake = self._loop, self._wake
         if loop is None or wake is None:
             return
         with contextlib.suppress(RuntimeError):  # the loop is closing
             loop.call_soon_threadsafe(wake.set)
+            if urgent and self._urgent is not None:
+                loop.call_soon_threadsafe(self._urgent.set)
 
     # -- reading (the worker's loop) ---------------------------------------------------------
     def drain(self) -> list[pb.OutputRecord]:
@@ -310,6 +334,7 @@ class OutputHub:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._sent = asyncio.Event()
+        self._urgent = asyncio.Event()
         self.readers += 1
         try:
             while True:
@@ -319,8 +344,13 @@ class OutputHub:
                     # The kernel has it: the calls whose last record it was may answer now.
                     self._sent_seq = seq
                     self._sent.set()
+                    with self._sent_cond:
+                        self._sent_cond.notify_all()
                     if not any(r.end for r in records):
-                        await asyncio.sleep(self.interval)
+                        # At most one batch per interval, unless a call waits for its end.
+                        self._urgent.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._urgent.wait(), self.interval)
                     continue
                 self._wake.clear()
                 if self._pending:
@@ -329,6 +359,8 @@ class OutputHub:
         finally:
             self.readers -= 1
             self._sent.set()
+            with self._sent_cond:
+                self._sent_cond.notify_all()
 
 
 def _split_at_cap(text: str, lines: int, chars: int) -> tuple[str, str]:

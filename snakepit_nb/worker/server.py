@@ -374,6 +374,7 @@ class Worker:
                 threads=settings.threads,
                 pickles=bool(settings.token),
             )
+            self.invoker.output = self.output
             setup_result = adapter.setup()
             if inspect.isawaitable(setup_result):
                 await setup_result

@@ -37,6 +37,7 @@ from snakepit_nb.worker.calls.batches import (
     trim_traceback,
 )
 from snakepit_nb.worker.context import CallControl
+from snakepit_nb.worker.output import OUTPUT_KEY, OutputHub
 
 if TYPE_CHECKING:
     from snakepit_nb.tools.adapter import ToolTable
@@ -55,6 +56,7 @@ class CallHost(Protocol):
     functions: FunctionCache
     telemetry: TelemetryEmitter
     loop: asyncio.AbstractEventLoop
+    output: OutputHub | None
 
     async def run_async_items(
         self, definition: ToolDefinition, items: list[object], ctx: SessionContext
@@ -81,6 +83,35 @@ class DirectRunner:
     # ------------------------------------------------------------------ one call
 
     def call(  # noqa: PLR0917
+        self,
+        session_id: str,
+        target: str | FunctionRef,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        metadata: Mapping[str, str],
+        call_id: int = 0,
+        *,
+        variables: Sequence[bytes] = (),
+        control: CallControl | None = None,
+    ) -> Answer:
+        """Run one call (see :meth:`_call`); what the tool writes goes to the caller's cell,
+        and the answer leaves once that output went out (``worker/output.py``)."""
+        hub = self.invoker.output
+        if hub is None or OUTPUT_KEY not in metadata:
+            return self._call(
+                session_id, target, args, kwargs, metadata, call_id,
+                variables=variables, control=control,
+            )  # fmt: skip
+        name = target if isinstance(target, str) else target.name
+        with hub.call(metadata, name) as out:
+            answer = self._call(
+                session_id, target, args, kwargs, metadata, call_id,
+                variables=variables, control=control,
+            )  # fmt: skip
+        hub.settle_blocking(out)
+        return answer
+
+    def _call(  # noqa: PLR0917
         self,
         session_id: str,
         target: str | FunctionRef,

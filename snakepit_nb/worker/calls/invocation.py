@@ -55,6 +55,7 @@ from snakepit_nb.worker.calls.functions import FunctionCache, function_definitio
 from snakepit_nb.worker.calls.runner import SyncRunner
 from snakepit_nb.worker.context import CallControl, SessionContext
 from snakepit_nb.worker.link import OrchestratorLink
+from snakepit_nb.worker.output import OUTPUT_KEY, OutputHub, in_context
 from snakepit_nb.worker.telemetry import TelemetryEmitter
 
 __all__ = ["Invoker", "PreparedCall"]
@@ -95,6 +96,7 @@ class PreparedCall:
         "ctx",
         "definition",
         "kwargs",
+        "metadata",
         "pickled",
         "session_id",
     )
@@ -118,6 +120,7 @@ class PreparedCall:
         self.control = control
         #: The call came pickled: its answer goes back pickled (exact types).
         self.pickled = pickled
+        self.metadata: Mapping[str, str] = {}
 
     def cancel(self) -> None:
         """Tell the tool (through ``ctx.cancelled``) that its caller gave up."""
@@ -156,6 +159,8 @@ class Invoker:
         self.telemetry = telemetry
         self.link = link
         self.max_message_bytes = max_message_bytes
+        #: Captures what tools write, per call (set by the worker; None: not captured).
+        self.output: OutputHub | None = None
         # Resolved when the worker stops: nobody waits for a cancelled tool's thread then.
         self._closing: asyncio.Future[None] = loop.create_future()
 
@@ -238,7 +243,7 @@ class Invoker:
             )
             if definition.ctx_param is not None:
                 kwargs[definition.ctx_param] = ctx
-        return PreparedCall(
+        call = PreparedCall(
             definition,
             kwargs,
             ctx,
@@ -247,6 +252,8 @@ class Invoker:
             control,
             pickled=bool(request.pickled or request.pickled_blob),
         )
+        call.metadata = metadata
+        return call
 
     async def prepare_async(
         self, request: pb.ExecuteToolRequest, correlation_id: str = ""
@@ -291,7 +298,20 @@ class Invoker:
     # ------------------------------------------------------------------ unary calls
 
     async def run(self, call: PreparedCall) -> pb.ExecuteToolResponse:
-        """Run a prepared call to completion; tool exceptions become ``success=false``."""
+        """Run a prepared call to completion; tool exceptions become ``success=false``.
+
+        What the tool writes goes to the caller's cell (``worker/output.py``): the answer
+        leaves once that output went out.
+        """
+        hub = self.output
+        if hub is None or OUTPUT_KEY not in call.metadata:
+            return await self._run(call)
+        with hub.call(call.metadata, call.definition.name) as out:
+            response = await self._run(call)
+        await hub.settle(out)
+        return response
+
+    async def _run(self, call: PreparedCall) -> pb.ExecuteToolResponse:
         definition = call.definition
         started = time.perf_counter_ns()
         telemetry = self.telemetry
@@ -319,7 +339,9 @@ class Invoker:
                     ok, value = await self._encode_off_loop(definition, result, call.pickled)
             else:
                 job = self.runner.submit(
-                    functools.partial(self._run_sync, definition, call.kwargs, call.pickled)
+                    in_context(
+                        functools.partial(self._run_sync, definition, call.kwargs, call.pickled)
+                    )
                 )
                 ok, value = await self._in_thread(job, call.control, queued=True)
         except asyncio.CancelledError:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from snakepit_nb._errors import ConfigurationError, NotFoundError
+from snakepit_nb._errors import ConfigurationError
 from snakepit_nb.orchestrator.output import OUTPUT_KEY, OutputRouter
 from snakepit_nb.protocol import pb
 
@@ -48,8 +48,7 @@ def test_records_go_to_their_scope_and_every_line_to_the_tail() -> None:
     # The tail holds the last 3 lines of everything (stderr and logs marked "! ").
     assert router.logs("w1").splitlines() == ["hidden", "! outside", "not ours"]
     assert router.logs().splitlines()[0] == "[w1] hidden"
-    with pytest.raises(NotFoundError, match="no output from worker 'w9'"):
-        router.logs("w9")
+    assert router.logs("w9") == ""  # no output from that worker (yet)
     with pytest.raises(ValueError, match="positive whole number"):
         router.logs("w1", lines=0)
 
