@@ -50,9 +50,15 @@ from snakepit_nb._errors import (
 if TYPE_CHECKING:
     from snakepit_nb.client.async_variables import AsyncVariables
     from snakepit_nb.client.clients import AsyncClient, Client, astart, start
+    from snakepit_nb.client.futures import (
+        SessionFuture,
+        as_completed,
+        wait,
+    )
     from snakepit_nb.client.sessions import AsyncSession, Session
     from snakepit_nb.client.streams import AsyncStream, Stream
     from snakepit_nb.client.variables import Variables
+    from snakepit_nb.notebook.progress import progress
     from snakepit_nb.orchestrator.config import Config
     from snakepit_nb.orchestrator.registry import ParameterInfo, ToolSpec
     from snakepit_nb.orchestrator.sessions import SessionInfo
@@ -87,6 +93,7 @@ __all__ = [
     "ResourceExhaustedError",
     "Session",
     "SessionContext",
+    "SessionFuture",
     "SessionInfo",
     "SessionNotFoundError",
     "SessionWorkerGoneError",
@@ -102,11 +109,14 @@ __all__ = [
     "WorkerFailedError",
     "WorkerUnavailableError",
     "__version__",
+    "as_completed",
     "astart",
     "load_ipython_extension",
+    "progress",
     "start",
     "tool",
     "unload_ipython_extension",
+    "wait",
 ]
 
 # Public name -> the module that defines it, imported on first access.
@@ -129,6 +139,10 @@ _LAZY = {
     "Adapter": "snakepit_nb.tools.adapter",
     "tool": "snakepit_nb.tools.adapter",
     "SessionContext": "snakepit_nb.worker.context",
+    "SessionFuture": "snakepit_nb.client.futures",
+    "as_completed": "snakepit_nb.client.futures",
+    "wait": "snakepit_nb.client.futures",
+    "progress": "snakepit_nb.notebook.progress",
 }
 
 

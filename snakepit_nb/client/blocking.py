@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from snakepit_nb._errors import SnakepitError
 from snakepit_nb._loop import LoopThread
 
-__all__ = ["BlockingRunner", "blocking_runner", "caller_errors", "name_interrupt"]
+__all__ = ["BlockingRunner", "blocking_runner", "call_label", "caller_errors", "name_interrupt"]
 
 T = TypeVar("T")
 
@@ -57,10 +57,12 @@ def blocking_runner(loop_thread: LoopThread) -> BlockingRunner:
     return BlockingRunner(loop_thread)
 
 
-def _name(target: object) -> str:
+def call_label(verb: str, target: object) -> str:
+    """``"call 'add'"`` for a tool, ``"call 'scale'"`` for a function ``scale``."""
     if isinstance(target, str):
-        return repr(target)
-    return repr(getattr(target, "__qualname__", None) or getattr(target, "__name__", "function"))
+        return f"{verb} {target!r}"
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", "function")
+    return f"{verb} {name!r}"
 
 
 class caller_errors:
@@ -83,4 +85,4 @@ class caller_errors:
         if isinstance(exc, SnakepitError):
             raise exc.with_traceback(None) from exc.__cause__
         if isinstance(exc, KeyboardInterrupt):
-            raise name_interrupt(exc, f"{self._verb} {_name(self._target)}") from None
+            raise name_interrupt(exc, call_label(self._verb, self._target)) from None

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from snakepit_nb._errors import InvalidArgumentError
-from snakepit_nb.client.blocking import blocking_runner, caller_errors
+from snakepit_nb.client.blocking import blocking_runner, call_label, caller_errors
+from snakepit_nb.client.futures import SessionFuture
 from snakepit_nb.client.output import caller_sink
 from snakepit_nb.client.streams import AsyncStream, Stream, on_loop
 from snakepit_nb.orchestrator.sessions import SessionInfo
@@ -346,6 +347,23 @@ class Session:
         """
         with caller_errors("call", tool):
             return self._async._call_blocking(tool, args, kwargs)
+
+    def submit(self, tool: Target, /, *args: Any, **kwargs: Any) -> SessionFuture:
+        """Start ``tool`` (a tool's name, or a Python function) and return at once: a future.
+
+        ``f.result()`` waits for its result, ``f.cancel()`` stops it in its worker too; see
+        ``sp.as_completed``, ``sp.wait`` and ``sp.progress``. Its output goes to this cell.
+
+        >>> futures = [s.submit("slow", seconds=0.5) for _ in range(4)]
+        >>> [f.result() for f in sp.as_completed(futures)]
+        >>> s.submit(lambda x: x + 1, 41).result()
+        42
+        """
+        return SessionFuture(
+            self._async._loop_thread,
+            self._async._call_for(caller_sink(self._async._service), tool, args, kwargs),
+            call_label("call", tool),
+        )
 
     def stream(self, tool: str, /, **kwargs: Any) -> Stream:
         """Start a streaming call; iterate the chunks (``.result``, ``.chunks``, ``.close()``)."""

@@ -34,6 +34,7 @@ EXPECTED = {
     "ResourceExhaustedError",
     "Session",
     "SessionContext",
+    "SessionFuture",
     "SessionInfo",
     "SessionNotFoundError",
     "SessionWorkerGoneError",
@@ -49,11 +50,14 @@ EXPECTED = {
     "WorkerFailedError",
     "WorkerUnavailableError",
     "__version__",
+    "as_completed",
     "astart",
     "load_ipython_extension",
+    "progress",
     "start",
     "tool",
     "unload_ipython_extension",
+    "wait",
 }
 
 

@@ -17,7 +17,7 @@ RENAMES = {"aclose": "close", "__aenter__": "__enter__", "__aexit__": "__exit__"
 # Names only one side has, on purpose.
 BLOCKING_ONLY: dict[str, set[str]] = {
     "Client": {"aio"},
-    "Session": set(),
+    "Session": {"submit"},  # async code awaits s.call(...) or makes it a task
     "Stream": set(),
     "TelemetryFeed": set(),
 }
