@@ -35,7 +35,7 @@ def split_words(line: str) -> list[str]:
     """Split ``line`` on whitespace outside quotes and brackets.
 
     Quotes are kept (so ``n="5"`` stays the string ``"5"``); an unclosed quote or bracket is a
-    UsageError that says which.
+    UsageError that says which. A ``#`` that starts a word starts a comment, as in Python.
     """
     words: list[str] = []
     current: list[str] = []
@@ -52,6 +52,8 @@ def split_words(line: str) -> list[str]:
             elif ch == quote:
                 quote = None
             continue
+        if ch == "#" and not stack and not current:
+            break  # a comment, as in Python: `%snakepit start -n 2  # two workers`
         if ch in "'\"":
             quote = ch
             current.append(ch)

@@ -195,6 +195,13 @@ def test_call_parses_literals_and_expands_notebook_variables(running: Interactiv
     assert magic(ip, "call {tool_name} a=2 b=2") == 4
 
 
+def test_a_hash_that_starts_a_word_is_a_comment(running: InteractiveShell):
+    ip = running
+    assert magic(ip, "call add a=1 b=2   # three") == 3
+    assert magic(ip, "call echo value='a # b'  # the quoted one stays") == "a # b"
+    assert magic(ip, "call echo value=x#y") == "x#y"  # inside a word: not a comment
+
+
 def test_assignment_from_a_magic(running: InteractiveShell):
     ip = running
     result = ip.run_cell("x = %snakepit call add a=2 b=3")
