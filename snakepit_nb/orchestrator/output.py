@@ -241,12 +241,19 @@ class OutputRouter:
             task.cancel()
 
     async def _read(self, worker_id: str, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+        call = stub.WorkerOutput(metadata=metadata)
         try:
-            async for batch in stub.WorkerOutput(pb.WorkerOutputRequest(), metadata=metadata):
+            async for batch in call:
                 batch.worker_id = worker_id
                 self.feed(batch)
+                if any(record.end for record in batch.records):
+                    # Its calls wait for this before they answer: their output is in the
+                    # callers' sinks now, ahead of the answers.
+                    await call.write(pb.OutputAck(seq=batch.seq))
         except grpc.aio.AioRpcError:
             pass  # the worker went away (its slot's next incarnation is followed anew)
+        finally:
+            call.cancel()
 
     async def aclose(self) -> None:
         tasks = list(self._readers.values())

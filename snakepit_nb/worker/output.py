@@ -126,8 +126,8 @@ class OutputHub:
         self.interval = interval
         self._lock = threading.Lock()
         self._seq = 0  # records appended so far
+        self._acked_seq = 0  # of which the kernel has handed to its callers
         self._calls = itertools.count(1)
-        self._sent_seq = 0  # of which the kernel's reader took
         self._sent: asyncio.Event | None = None
         self._sent_cond = threading.Condition()  # the same signal, for callers' threads
         # Set when a call ended: its answer waits for the output, so the pause is cut short.
@@ -188,16 +188,16 @@ class OutputHub:
                 state.end_seq = self._append(end)
 
     async def settle(self, state: CallOutput | None, timeout: float = SETTLE_TIMEOUT) -> None:  # noqa: ASYNC109
-        """Once the call's last record went out to the kernel (reader connected, bounded).
+        """Once the kernel acknowledged the call's last record (a reader connected; bounded).
 
         The call's answer is sent after this, so the calling cell has all of its output when
-        the call returns.
+        the call returns, whichever way the answer travels (gRPC or the lane).
         """
         if state is None or not state.end_seq or not self.readers:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while self._sent_seq < state.end_seq and self.readers:
+                while self._acked_seq < state.end_seq and self.readers:
                     if self._sent is None:
                         return
                     self._sent.clear()
@@ -218,8 +218,17 @@ class OutputHub:
             return
         with self._sent_cond:
             self._sent_cond.wait_for(
-                lambda: self._sent_seq >= state.end_seq or not self.readers, timeout
+                lambda: self._acked_seq >= state.end_seq or not self.readers, timeout
             )
+
+    def acknowledged(self, seq: int) -> None:
+        """The kernel handed every record up to ``seq`` to its callers (the worker's loop)."""
+        if seq > self._acked_seq:
+            self._acked_seq = seq
+            if self._sent is not None:
+                self._sent.set()
+            with self._sent_cond:
+                self._sent_cond.notify_all()
 
     # -- writes (any thread) ---------------------------------------------------------------
     def write(self, stream: int, text: str) -> None:
@@ -340,12 +349,7 @@ class OutputHub:
             while True:
                 records, seq = self._drain()
                 if records:
-                    yield pb.OutputBatch(worker_id=self.worker_id, records=records)
-                    # The kernel has it: the calls whose last record it was may answer now.
-                    self._sent_seq = seq
-                    self._sent.set()
-                    with self._sent_cond:
-                        self._sent_cond.notify_all()
+                    yield pb.OutputBatch(worker_id=self.worker_id, records=records, seq=seq)
                     if not any(r.end for r in records):
                         # At most one batch per interval, unless a call waits for its end.
                         self._urgent.clear()

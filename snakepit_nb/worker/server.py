@@ -272,13 +272,22 @@ class WorkerServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
         )
 
     async def WorkerOutput(
-        self, request: pb.WorkerOutputRequest, context: ServicerContext
+        self, request_iterator: AsyncIterator[pb.OutputAck], context: ServicerContext
     ) -> AsyncIterator[pb.OutputBatch]:
         hub = self.worker.output
         if hub is None:
             return
-        async for batch in hub.batches():
-            yield batch
+
+        async def read_acks() -> None:
+            async for ack in request_iterator:
+                hub.acknowledged(ack.seq)
+
+        acks = asyncio.get_running_loop().create_task(read_acks())
+        try:
+            async for batch in hub.batches():
+                yield batch
+        finally:
+            acks.cancel()
 
 
 def _unimplemented(method: str) -> Any:

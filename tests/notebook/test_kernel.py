@@ -73,8 +73,18 @@ def test_interrupt_cancels_a_10s_call_and_the_workers_survive(kernel: Kernel):
     errors = [m["content"] for m in messages if m["msg_type"] == "error"]
     assert [e["traceback"] for e in errors] == [["call 'slow' cancelled (KeyboardInterrupt)"]]
     assert time.monotonic() - interrupted_at[0] < 5  # not the 10 s of the call
-    # The remote call was cancelled (nothing in flight), the same worker serves the next call.
-    assert kernel.value("[w.in_flight for w in _client.status().workers]") == [0]
+    # The remote call was cancelled (nothing in flight once the worker confirmed the cancel,
+    # which the lane's drain thread waits for), the same worker serves the next call.
+    reply, _ = kernel.execute(
+        "def _in_flight_when_settled(deadline=time.monotonic() + 5):\n"
+        "    while any(w.in_flight for w in _client.status().workers):\n"
+        "        if time.monotonic() > deadline:\n"
+        "            break\n"
+        "        time.sleep(0.01)\n"
+        "    return [w.in_flight for w in _client.status().workers]\n"
+    )
+    assert reply["status"] == "ok", reply
+    assert kernel.value("_in_flight_when_settled()") == [0]
     assert kernel.value("get_ipython().run_line_magic('snakepit', 'call add a=1 b=2')") == 3
     assert kernel.value(PIDS) == pids
     assert all(_alive(p) for p in pids)

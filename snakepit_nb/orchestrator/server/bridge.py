@@ -275,7 +275,8 @@ class OrchestratorServicer(VariableServicerMixin, pb_grpc.BridgeServiceServicer)
 
     async def TakeBlob(self, request: pb.BlobRef, context: Any) -> NoReturn:
         await _unimplemented(context, "TakeBlob")
-    async def WorkerOutput(self, request: pb.WorkerOutputRequest, context: Any) -> NoReturn:
+
+    async def WorkerOutput(self, request_iterator: Any, context: Any) -> NoReturn:
         await _unimplemented(context, "WorkerOutput")
 
 

@@ -1021,17 +1021,21 @@ class DescribeToolsResponse(_message.Message):
     python_executable: str
     def __init__(self, tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ..., worker_id: _Optional[str] = ..., pid: _Optional[int] = ..., adapter: _Optional[str] = ..., lane: _Optional[str] = ..., snakepit_nb_version: _Optional[str] = ..., python_version: _Optional[str] = ..., python_executable: _Optional[str] = ...) -> None: ...
 
-class WorkerOutputRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+class OutputAck(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class OutputBatch(_message.Message):
-    __slots__ = ("worker_id", "records")
+    __slots__ = ("worker_id", "records", "seq")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     records: _containers.RepeatedCompositeFieldContainer[OutputRecord]
-    def __init__(self, worker_id: _Optional[str] = ..., records: _Optional[_Iterable[_Union[OutputRecord, _Mapping]]] = ...) -> None: ...
+    seq: int
+    def __init__(self, worker_id: _Optional[str] = ..., records: _Optional[_Iterable[_Union[OutputRecord, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class OutputRecord(_message.Message):
     __slots__ = ("tag", "stream", "text", "shown", "tool", "dropped_lines", "end", "call")

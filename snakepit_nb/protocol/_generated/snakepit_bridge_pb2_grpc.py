@@ -179,9 +179,9 @@ class BridgeServiceStub:
                 request_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobRef.SerializeToString,
                 response_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobChunk.FromString,
                 _registered_method=True)
-        self.WorkerOutput = channel.unary_stream(
+        self.WorkerOutput = channel.stream_stream(
                 '/snakepit.bridge.BridgeService/WorkerOutput',
-                request_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.WorkerOutputRequest.SerializeToString,
+                request_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.OutputAck.SerializeToString,
                 response_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.OutputBatch.FromString,
                 _registered_method=True)
 
@@ -378,9 +378,10 @@ class BridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def WorkerOutput(self, request, context):
+    def WorkerOutput(self, request_iterator, context):
         """What the worker's tools write (stdout, stderr, logging), in coalesced batches, for as long
-        as the kernel reads (docs/protocol.md, "Worker output").
+        as the kernel reads; the kernel acknowledges the batches that end calls, and a call that
+        wrote is answered only once that acknowledgement came (docs/protocol.md, "Worker output").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -534,9 +535,9 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     request_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobRef.FromString,
                     response_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.BlobChunk.SerializeToString,
             ),
-            'WorkerOutput': grpc.unary_stream_rpc_method_handler(
+            'WorkerOutput': grpc.stream_stream_rpc_method_handler(
                     servicer.WorkerOutput,
-                    request_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.WorkerOutputRequest.FromString,
+                    request_deserializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.OutputAck.FromString,
                     response_serializer=snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.OutputBatch.SerializeToString,
             ),
     }
@@ -1334,7 +1335,7 @@ class BridgeService:
             _registered_method=True)
 
     @staticmethod
-    def WorkerOutput(request,
+    def WorkerOutput(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -1344,11 +1345,11 @@ class BridgeService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/snakepit.bridge.BridgeService/WorkerOutput',
-            snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.WorkerOutputRequest.SerializeToString,
+            snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.OutputAck.SerializeToString,
             snakepit__nb_dot_protocol_dot___generated_dot_snakepit__bridge__pb2.OutputBatch.FromString,
             options,
             channel_credentials,

@@ -62,7 +62,7 @@ def test_an_uncaught_remote_error_ends_with_the_workers_traceback() -> None:
     assert "worker w1 traceback (most recent call last):" in stderr
     assert "raise exc_class(message)" in stderr  # the tool's own line
     # The caller's frame, the facade and its runner; the tool's frame is the worker's.
-    assert library_frames(stderr) == ["call", "__call__", "fail"], stderr
+    assert library_frames(stderr) == ["call", "__exit__", "fail"], stderr
     assert "concurrent/futures" not in stderr
 
 

@@ -160,10 +160,10 @@ def test_a_call_without_output_sends_nothing_and_settles_at_once(hub: OutputHub)
     asyncio.run(hub.settle(state))
 
 
-def test_settle_waits_until_the_reader_took_the_calls_last_record() -> None:
+def test_settle_waits_for_the_kernels_acknowledgement_of_the_calls_end() -> None:
     hub = OutputHub("w1", interval=0.01)
 
-    async def run() -> list[str]:
+    async def run(acknowledge: bool) -> tuple[list[str], float]:
         taken: list[str] = []
         reader_started = asyncio.Event()
 
@@ -171,18 +171,27 @@ def test_settle_waits_until_the_reader_took_the_calls_last_record() -> None:
             async for batch in hub.batches():
                 reader_started.set()
                 taken.extend("end" if r.end else r.text for r in batch.records)
+                if acknowledge and any(r.end for r in batch.records):
+                    hub.acknowledged(batch.seq)
 
         reader = asyncio.create_task(read())
         hub.write(STDOUT, "before any call\n")
         await reader_started.wait()
         with hub.call({OUTPUT_KEY: "t"}, "tool") as state:
             hub.write(STDOUT, "in the call\n")
-        await hub.settle(state)
-        # What the call wrote and its end are with the reader before the call answers.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await hub.settle(state, timeout=0.5)
+        waited = loop.time() - started
+        # What the call wrote and its end are with the kernel before the call answers.
         result = list(taken)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-        return result
+        return result, waited
 
-    assert asyncio.run(run())[-2:] == ["in the call\n", "end"]
+    taken, waited = asyncio.run(run(acknowledge=True))
+    assert taken[-2:] == ["in the call\n", "end"]
+    assert waited < 0.4  # the acknowledgement, not the timeout, ended the wait
+    _, waited = asyncio.run(run(acknowledge=False))
+    assert 0.4 <= waited < 2.0  # no acknowledgement: bounded by the timeout
