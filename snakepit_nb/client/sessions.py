@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from snakepit_nb._errors import InvalidArgumentError
 from snakepit_nb.client.blocking import blocking_runner, call_label, caller_errors
 from snakepit_nb.client.futures import SessionFuture
+from snakepit_nb.client.mapping import ProgressiveMap
 from snakepit_nb.client.output import caller_sink
 from snakepit_nb.client.streams import AsyncStream, Stream, on_loop
 from snakepit_nb.orchestrator.sessions import SessionInfo
@@ -232,21 +233,32 @@ class AsyncSession:
         *more: Iterable[Any],
         return_exceptions: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 - a deadline for the remote calls
+        progress: bool = True,
     ) -> list[Any]:
         """Call ``tool`` once per item, many in flight; results in input order.
 
         A tool is mapped over dicts of keyword arguments; a Python function over values (or,
         like the builtin ``map``, over several iterables zipped into positional arguments). A
         failing item raises its ``RemoteToolError`` (after every item ran), or, with
-        ``return_exceptions=True``, takes its place in the list.
+        ``return_exceptions=True``, takes its place in the list. A map that takes longer than
+        two seconds shows its progress (``progress=False``: never).
         """
         batch, style = _map_items(tool, items, more)
-        results = await on_loop(
-            self._loop_thread,
-            self._service.map(
-                self.session_id, tool, batch, style=style, timeout=timeout or self.timeout
-            ),
-        )
+        limit = timeout or self.timeout
+        service, sid = self._service, self.session_id
+
+        async def send(part: Sequence[Any], left: float | None) -> list[Any]:
+            return await on_loop(
+                self._loop_thread, service.map(sid, tool, list(part), style=style, timeout=left)
+            )
+
+        if not progress or len(batch) < 2:
+            results = await send(batch, limit)
+        else:
+            plan = ProgressiveMap(
+                batch, workers=service.config.workers, timeout=limit, label=call_label("map", tool)
+            )
+            results = await plan.arun(send)
         return _map_values(results, return_exceptions)
 
     def _map_blocking(
@@ -256,12 +268,24 @@ class AsyncSession:
         more: tuple[Iterable[Any], ...],
         return_exceptions: bool,
         timeout: float | None,
+        *,
+        progress: bool = True,
     ) -> list[Any]:
         self._refuse_on_loop()
         batch, style = _map_items(tool, items, more)
-        results = self._service.map_blocking(
-            self.session_id, tool, batch, style=style, timeout=timeout or self.timeout
-        )
+        limit = timeout or self.timeout
+        service, sid = self._service, self.session_id
+
+        def send(part: Sequence[Any], left: float | None) -> list[Any]:
+            return service.map_blocking(sid, tool, list(part), style=style, timeout=left)
+
+        if not progress or len(batch) < 2:
+            results = send(batch, limit)
+        else:
+            plan = ProgressiveMap(
+                batch, workers=service.config.workers, timeout=limit, label=call_label("map", tool)
+            )
+            results = plan.run(send)
         return _map_values(results, return_exceptions)
 
     # ------------------------------------------------------------------ the session itself
@@ -377,8 +401,12 @@ class Session:
         *more: Iterable[Any],
         return_exceptions: bool = False,
         timeout: float | None = None,
+        progress: bool = True,
     ) -> list[Any]:
         """Call ``tool`` once per item, many in flight; results in input order.
+
+        A map that takes longer than two seconds shows its progress (``progress=False``:
+        never).
 
         >>> s.map("add", [{"a": i, "b": 1} for i in range(3)])
         [1, 2, 3]
@@ -386,7 +414,9 @@ class Session:
         [0, 1, 4, 9]
         """
         with caller_errors("map", tool):
-            return self._async._map_blocking(tool, items, more, return_exceptions, timeout)
+            return self._async._map_blocking(
+                tool, items, more, return_exceptions, timeout, progress=progress
+            )
 
     def info(self) -> SessionInfo:
         """Calls, errors, variables and affinity of this session."""

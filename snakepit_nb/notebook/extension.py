@@ -29,7 +29,9 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register the magics (idempotent); start the pool now if SNAKEPIT_NB_AUTOSTART says so."""
     global _atexit_registered
     from snakepit_nb.notebook.magics import SnakepitMagics
+    from snakepit_nb.notebook.progress import register_map_progress
 
+    register_map_progress()  # a long s.map shows a progress widget in this kernel
     runtime = runtime_for(ipython)
     ipython.register_magics(SnakepitMagics(ipython, runtime))
     if not _atexit_registered:

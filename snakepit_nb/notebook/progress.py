@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from snakepit_nb.client.futures import SessionFuture, Tally
+from snakepit_nb.client.mapping import set_progress_display
 
-__all__ = ["progress", "show_tally"]
+__all__ = ["progress", "register_map_progress", "show_tally"]
 
 _pump: Any = None
 
@@ -62,3 +63,19 @@ def progress(calls: Iterable[SessionFuture] | Tally, *, label: str = "calls") ->
 
     text_progress(tally)
     return tally
+
+
+def _show_in_kernel(tally: Tally) -> Any:
+    from .widgets.view import in_kernel
+
+    if not in_kernel():
+        raise RuntimeError("not in a kernel: the text form is used")
+    return show_tally(tally)
+
+
+def register_map_progress() -> None:
+    """Long ``s.map`` calls show :class:`ProgressView` widgets (in a kernel; text elsewhere)."""
+    set_progress_display(_show_in_kernel)
+
+
+register_map_progress()
