@@ -14,7 +14,7 @@ import shutil
 from typing import Any
 
 import pytest
-from lab_support import CHROMIUM_FLAGS, artifacts_dir
+from lab_support import CHROMIUM_FLAGS, artifacts_dir, open_and_run_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

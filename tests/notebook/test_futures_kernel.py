@@ -5,12 +5,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import paths
 import pytest
 from kernels import Kernel
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
+
+def progress_labels(messages: list[dict[str, Any]]) -> list[str]:
+    """The states the progress widget's label was sent, in order."""
+    return [
+        m["content"]["data"]["state"]["value"]
+        for m in messages
+        if m["msg_type"] == "comm_msg"
+        and "snakepit-progress-count" in str(m["content"]["data"].get("state", {}).get("value"))
+    ]
 
 
 def test_submit_as_completed_and_a_progress_widget_in_a_kernel(kernel: Kernel) -> None:
@@ -32,12 +43,7 @@ def test_submit_as_completed_and_a_progress_widget_in_a_kernel(kernel: Kernel) -
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert bundle["text/plain"].startswith("progress: ")
     # The widget's last state: 13 of 13, one failed, done.
-    labels = [
-        m["content"]["data"]["state"]["value"]
-        for m in messages
-        if m["msg_type"] == "comm_msg"
-        and "snakepit-progress-count" in str(m["content"]["data"].get("state", {}).get("value"))
-    ]
+    labels = progress_labels(messages)
     assert labels
     assert ">13/13</b>" in labels[-1]
     assert "1 failed" in labels[-1]
@@ -123,12 +129,7 @@ def test_a_long_map_shows_a_progress_widget_after_two_seconds(kernel: Kernel) ->
     assert len(shown) == 1
     assert shown[0]["content"]["data"]["text/plain"].startswith("progress: ")
     assert "application/vnd.jupyter.widget-view+json" in shown[0]["content"]["data"]
-    labels = [
-        m["content"]["data"]["state"]["value"]
-        for m in messages
-        if m["msg_type"] == "comm_msg"
-        and "snakepit-progress-count" in str(m["content"]["data"].get("state", {}).get("value"))
-    ]
+    labels = progress_labels(messages)
     assert labels
     assert ">24/24</b>" in labels[-1]
     assert kernel.value("len(r)") == 24

@@ -41,6 +41,7 @@ def open_and_run_all(page: Any, lab: dict[str, Any], notebook: str) -> None:
         }""",
         timeout=90_000,
     )
+    # JupyterLab asks about news in a toast on first start: out of the way.
     page.evaluate(
         "window.jupyterapp.commands.execute('apputils:dismiss-notification', {}).catch(() => {})"
     )
