@@ -56,9 +56,9 @@ ALLOWED = {
     SC.UNIMPLEMENTED,
     SC.CANCELLED,
 }
-# Streams that never end by themselves (a watch, a telemetry feed): they are read for a moment
-# and end with the caller's deadline.
-OPEN_ENDED = {"WatchVariables", "StreamTelemetry"}
+# Streams that never end by themselves (a watch, a telemetry feed, the worker's output): they
+# are read for a moment and end with the caller's deadline.
+OPEN_ENDED = {"WatchVariables", "StreamTelemetry", "WorkerOutput"}
 OPEN_ENDED_SECONDS = 0.15
 # Every other call answers at once (only safe tools run); one still open after this is a hang,
 # and its DEADLINE_EXCEEDED fails the test.
