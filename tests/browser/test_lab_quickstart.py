@@ -19,43 +19,6 @@ from lab_support import CHROMIUM_FLAGS, artifacts_dir, open_and_run_all
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def open_and_run_all(page: Any, lab: dict[str, Any], notebook: str) -> None:
-    """Open ``notebook`` in JupyterLab, run every cell, wait until all ran and the kernel idles."""
-    page.goto(f"{lab['url']}/lab/tree/{notebook}?token={lab['token']}&reset")
-    page.wait_for_function(
-        "() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=90_000
-    )
-    # Wait for the kernel to be ready, then run every cell.
-    page.wait_for_function(
-        """() => {
-            const w = window.jupyterapp.shell.currentWidget;
-            const k = w && w.sessionContext && w.sessionContext.session
-                && w.sessionContext.session.kernel;
-            return k && k.status === 'idle';
-        }""",
-        timeout=90_000,
-    )
-    # JupyterLab asks about news in a toast on first start: answer it, out of the way.
-    page.evaluate(
-        "window.jupyterapp.commands.execute('apputils:dismiss-notification', {}).catch(() => {})"
-    )
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    n_code = page.evaluate("document.querySelectorAll('.jp-Notebook .jp-CodeCell').length")
-    # Every code cell got an execution count and the kernel is idle again.
-    page.wait_for_function(
-        """(n) => {
-            const prompts = [...document.querySelectorAll(
-                '.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')];
-            const done = prompts.filter(p => /\\[\\d+\\]/.test(p.textContent));
-            const w = window.jupyterapp.shell.currentWidget;
-            const k = w.sessionContext.session.kernel;
-            return done.length === n && k.status === 'idle';
-        }""",
-        arg=n_code,
-        timeout=180_000,
-    )
-
-
 def test_quickstart_runs_in_jupyterlab(lab: dict[str, Any]) -> None:
     from playwright.sync_api import sync_playwright
 
