@@ -21,11 +21,13 @@ def block_after(heading: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("heading", ["## In a notebook", "## As a Python library"])
+@pytest.mark.parametrize(
+    "heading", ["## In a notebook", "## As a Python library", "### Data: arrays, DataFrames"]
+)
 def test_a_readme_example_runs_as_written(heading: str) -> None:
     nb = nbformat.v4.new_notebook()
     code = block_after(heading)
-    if heading == "## As a Python library":
+    if heading != "## In a notebook":
         code = "%load_ext snakepit_nb\n" + code  # the library block needs no magics; harmless
     nb.cells = [nbformat.v4.new_code_cell(code)]
     NotebookClient(nb, timeout=300, kernel_name="python3").execute()
