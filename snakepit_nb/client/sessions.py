@@ -15,7 +15,7 @@ from snakepit_nb.client.blocking import blocking_runner, call_label, caller_erro
 from snakepit_nb.client.futures import SessionFuture
 from snakepit_nb.client.mapping import ProgressiveMap
 from snakepit_nb.client.output import caller_sink
-from snakepit_nb.client.streams import AsyncStream, Stream, on_loop
+from snakepit_nb.client.streams import AsyncStream, ScopedStream, Stream, on_loop
 from snakepit_nb.orchestrator.sessions import SessionInfo
 
 if TYPE_CHECKING:
@@ -215,15 +215,31 @@ class AsyncSession:
     def stream(self, tool: str, /, **kwargs: Any) -> AsyncStream:
         """Start a streaming call; iterate the result with ``async for``."""
         timeout = _split_reserved(kwargs, self.timeout)
+        sink = caller_sink(self._service)  # here: in the caller's thread and cell
         return AsyncStream(
-            self._loop_thread, tool, lambda: self._open_stream(tool, kwargs, timeout)
+            self._loop_thread, tool, lambda: self._open_stream(tool, kwargs, timeout, sink)
         )
 
-    def _open_stream(self, tool: str, kwargs: dict[str, Any], timeout: float | None) -> BatchStream:
-        # Runs on the loop thread, at the first read.
-        return self._service.stream(
-            self.session_id, tool, kwargs, timeout=timeout, strict_affinity=self.strict_affinity
-        )
+    def _open_stream(
+        self, tool: str, kwargs: dict[str, Any], timeout: float | None, sink: OutputSink | None
+    ) -> BatchStream:
+        # Runs on the loop thread, at the first read. What the tool writes goes to the
+        # caller's sink until the stream ends.
+        output = self._service.output
+        scope = output.open(sink)
+        try:
+            inner = self._service.stream(
+                self.session_id,
+                tool,
+                kwargs,
+                timeout=timeout,
+                strict_affinity=self.strict_affinity,
+                metadata=scope.metadata,
+            )
+        except BaseException:
+            output.discard(scope)
+            raise
+        return ScopedStream(inner, output, scope)
 
     async def map(
         self,
@@ -246,19 +262,29 @@ class AsyncSession:
         batch, style = _map_items(tool, items, more)
         limit = timeout or self.timeout
         service, sid = self._service, self.session_id
+        output = service.output
+        scope = output.open(caller_sink(service))  # what the items print: the caller's cell
+        metadata = scope.metadata
 
         async def send(part: Sequence[Any], left: float | None) -> list[Any]:
             return await on_loop(
-                self._loop_thread, service.map(sid, tool, list(part), style=style, timeout=left)
+                self._loop_thread,
+                service.map(sid, tool, list(part), style=style, timeout=left, metadata=metadata),
             )
 
-        if not progress or len(batch) < 2:
-            results = await send(batch, limit)
-        else:
-            plan = ProgressiveMap(
-                batch, workers=service.config.workers, timeout=limit, label=call_label("map", tool)
-            )
-            results = await plan.arun(send)
+        try:
+            if not progress or len(batch) < 2:
+                results = await send(batch, limit)
+            else:
+                plan = ProgressiveMap(
+                    batch,
+                    workers=service.config.workers,
+                    timeout=limit,
+                    label=call_label("map", tool),
+                )
+                results = await plan.arun(send)
+        finally:
+            await on_loop(self._loop_thread, output.close(scope))
         return _map_values(results, return_exceptions)
 
     def _map_blocking(
@@ -275,17 +301,28 @@ class AsyncSession:
         batch, style = _map_items(tool, items, more)
         limit = timeout or self.timeout
         service, sid = self._service, self.session_id
+        output = service.output
+        scope = output.open(caller_sink(service))  # what the items print: the caller's cell
+        metadata = scope.metadata
 
         def send(part: Sequence[Any], left: float | None) -> list[Any]:
-            return service.map_blocking(sid, tool, list(part), style=style, timeout=left)
-
-        if not progress or len(batch) < 2:
-            results = send(batch, limit)
-        else:
-            plan = ProgressiveMap(
-                batch, workers=service.config.workers, timeout=limit, label=call_label("map", tool)
+            return service.map_blocking(
+                sid, tool, list(part), style=style, timeout=left, metadata=metadata
             )
-            results = plan.run(send)
+
+        try:
+            if not progress or len(batch) < 2:
+                results = send(batch, limit)
+            else:
+                plan = ProgressiveMap(
+                    batch,
+                    workers=service.config.workers,
+                    timeout=limit,
+                    label=call_label("map", tool),
+                )
+                results = plan.run(send)
+        finally:
+            output.close_blocking(scope)
         return _map_values(results, return_exceptions)
 
     # ------------------------------------------------------------------ the session itself

@@ -14,14 +14,25 @@ import contextlib
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from snakepit_nb._errors import ClosedError, SnakepitError
 from snakepit_nb._loop import LoopThread
 from snakepit_nb.client.blocking import name_interrupt
 from snakepit_nb.orchestrator.telemetry import TelemetryEvent, TelemetrySubscription
 
-__all__ = ["AsyncStream", "AsyncTelemetryFeed", "Stream", "TelemetryFeed", "on_loop"]
+if TYPE_CHECKING:
+    from snakepit_nb.orchestrator.output import OutputRouter, OutputScope
+    from snakepit_nb.orchestrator.routing import BatchStream
+
+__all__ = [
+    "AsyncStream",
+    "AsyncTelemetryFeed",
+    "ScopedStream",
+    "Stream",
+    "TelemetryFeed",
+    "on_loop",
+]
 
 T = TypeVar("T")
 
@@ -157,6 +168,46 @@ class AsyncStream:
         if aclose is not None:
             with contextlib.suppress(Exception):
                 await aclose()
+
+
+class ScopedStream:
+    """A worker's stream whose output scope closes when the stream ends, so what the tool
+    wrote has reached the caller's cell by the time the iteration stops (loop thread)."""
+
+    def __init__(self, inner: BatchStream, output: OutputRouter, scope: OutputScope) -> None:
+        self._inner = inner
+        self._output = output
+        self._scope = scope
+        self._closed = False
+
+    @property
+    def result(self) -> object:
+        return self._inner.result
+
+    @result.setter
+    def result(self, value: object) -> None:
+        self._inner.result = value
+
+    def __aiter__(self) -> ScopedStream:
+        return self
+
+    async def __anext__(self) -> list[object]:
+        try:
+            return await self._inner.__anext__()
+        except BaseException:
+            await self._close()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._output.close(self._scope)
 
 
 class _End:

@@ -421,10 +421,16 @@ class Orchestrator:
         *,
         timeout: float | None,
         strict_affinity: bool = False,
+        metadata: Mapping[str, str] | None = None,
     ) -> BatchStream:
         self.check_open()
         return self.router.stream(
-            session_id, tool, kwargs, timeout=timeout, strict_affinity=strict_affinity
+            session_id,
+            tool,
+            kwargs,
+            timeout=timeout,
+            strict_affinity=strict_affinity,
+            metadata=metadata,
         )
 
     async def map(
@@ -435,9 +441,12 @@ class Orchestrator:
         *,
         style: str = "kwargs",
         timeout: float | None,  # noqa: ASYNC109 - one deadline for the whole map
+        metadata: Mapping[str, str] | None = None,
     ) -> list[MapResult]:
         self.check_open()
-        return await self.router.map(session_id, tool, items, style=style, timeout=timeout)
+        return await self.router.map(
+            session_id, tool, items, style=style, timeout=timeout, metadata=metadata
+        )
 
     def map_blocking(
         self,
@@ -447,15 +456,18 @@ class Orchestrator:
         *,
         style: str = "kwargs",
         timeout: float | None,
+        metadata: Mapping[str, str] | None = None,
     ) -> list[MapResult]:
         """``map`` from a thread that is not the loop's: over the lanes from this thread when
         it can, else through the loop."""
         self.check_open()
-        results = self.router.map_direct(session_id, tool, items, style=style, timeout=timeout)
+        results = self.router.map_direct(
+            session_id, tool, items, style=style, timeout=timeout, metadata=metadata
+        )
         if results is not NOT_DIRECT:
             return results
         return get_loop_thread().run(
-            self.map(session_id, tool, items, style=style, timeout=timeout)
+            self.map(session_id, tool, items, style=style, timeout=timeout, metadata=metadata)
         )
 
     # ------------------------------------------------------------------ service: the rest

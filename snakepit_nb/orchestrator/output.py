@@ -190,6 +190,10 @@ class OutputRouter:
         finally:
             self._forget(scope)
 
+    def discard(self, scope: OutputScope) -> None:
+        """Drop a scope whose call never started (nothing can arrive for it)."""
+        self._forget(scope)
+
     def _forget(self, scope: OutputScope) -> None:
         self._scopes.pop(scope.tag, None)
         if scope.sink is not None:

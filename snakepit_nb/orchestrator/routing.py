@@ -208,6 +208,7 @@ class CallRouter:
         *,
         timeout: float | None,
         strict_affinity: bool = False,
+        metadata: Mapping[str, str] | None = None,
     ) -> BatchStream:
         self._sessions.get(session_id)
         if self.is_kernel_call(tool):
@@ -219,6 +220,7 @@ class CallRouter:
             kwargs,
             timeout=timeout,
             affinity="strict" if strict_affinity else "hint",
+            metadata=metadata,
             variables=self._prefetch(session_id, tool),
         )
 
@@ -232,6 +234,7 @@ class CallRouter:
         *,
         style: str = "kwargs",
         timeout: float | None,  # noqa: ASYNC109 - one deadline for the whole map
+        metadata: Mapping[str, str] | None = None,
     ) -> list[MapResult]:
         """``(ok, value_or_error)`` per item, in input order.
 
@@ -247,7 +250,9 @@ class CallRouter:
                 return_exceptions=True,
             )
             return [(not isinstance(o, BaseException), o) for o in outcomes]
-        results = await self._pool().map(session_id, tool, items, style=style, timeout=timeout)
+        results = await self._pool().map(
+            session_id, tool, items, style=style, timeout=timeout, metadata=metadata
+        )
         self._count(session_id, results)
         return results
 
@@ -259,6 +264,7 @@ class CallRouter:
         *,
         style: str,
         timeout: float | None,
+        metadata: Mapping[str, str] | None = None,
     ) -> list[MapResult] | Any:
         """The map from this thread over the workers' lanes, or NOT_DIRECT (see call_direct)."""
         if isinstance(tool, str) and self.is_kernel_call(tool):
@@ -269,7 +275,9 @@ class CallRouter:
             pool = self._pool()
         except ClosedError:
             return NOT_DIRECT
-        results = pool.map_direct(session_id, tool, items, style=style, timeout=timeout)
+        results = pool.map_direct(
+            session_id, tool, items, style=style, timeout=timeout, metadata=metadata
+        )
         if results is not NOT_DIRECT:
             self._count(session_id, results)
         return results

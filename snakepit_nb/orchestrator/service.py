@@ -140,6 +140,7 @@ class Service(Protocol):
         *,
         timeout: float | None,
         strict_affinity: bool = False,
+        metadata: Mapping[str, str] | None = None,
     ) -> BatchStream: ...
 
     async def map(
@@ -150,6 +151,7 @@ class Service(Protocol):
         *,
         style: str = "kwargs",
         timeout: float | None,  # noqa: ASYNC109 - one deadline for the whole map
+        metadata: Mapping[str, str] | None = None,
     ) -> list[MapResult]:
         """``(ok, value_or_error)`` per item (``style``: ``kwargs``, ``args`` or ``value``)."""
 
@@ -161,6 +163,7 @@ class Service(Protocol):
         *,
         style: str = "kwargs",
         timeout: float | None,
+        metadata: Mapping[str, str] | None = None,
     ) -> list[MapResult]:
         """``map`` from a thread that is not the loop's, blocking (the fast path)."""
 

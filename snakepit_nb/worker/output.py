@@ -28,7 +28,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from snakepit_nb.protocol import pb
@@ -65,6 +65,8 @@ SETTLE_TIMEOUT = 1.0
 MAX_WRITE = 64 * 1024
 #: Characters one call may show in its cell, whatever its line count.
 CELL_BYTES = 256 * 1024
+#: An unfinished line longer than this goes out as it is (a progress bar's carriage returns).
+PARTIAL_LINE = 4096
 
 
 @dataclass
@@ -81,6 +83,9 @@ class CallOutput:
     wrote: bool = False
     end_seq: int = 0
     number: int = 0  # the worker's count of calls with output, for the kernel
+    #: The call's unfinished last line per stream: a call's lines go out whole, so calls
+    #: running at once in one worker never split each other's lines.
+    partial: dict[int, str] = field(default_factory=dict)
 
 
 _current: contextvars.ContextVar[CallOutput | None] = contextvars.ContextVar(
@@ -181,6 +186,9 @@ class OutputHub:
             yield state
         finally:
             _current.reset(token)
+            for stream, text in sorted(state.partial.items()):
+                self._write_shown(state, stream, text)  # a last line without its newline
+            state.partial.clear()
             if state.cut:
                 self._notice(state)
             if state.wrote:
@@ -244,6 +252,17 @@ class OutputHub:
             self._append(_Pending("", stream, text, False, ""))
             return
         state.wrote = True
+        text = state.partial.pop(stream, "") + text
+        if not text.endswith("\n"):
+            cut = text.rfind("\n") + 1
+            if len(text) - cut < PARTIAL_LINE:
+                state.partial[stream] = text[cut:]
+                text = text[:cut]
+                if not text:
+                    return
+        self._write_shown(state, stream, text)
+
+    def _write_shown(self, state: CallOutput, stream: int, text: str) -> None:
         shown, rest = _split_at_cap(
             text, state.cell_lines - state.shown, CELL_BYTES - state.shown_bytes
         )

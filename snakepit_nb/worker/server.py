@@ -23,7 +23,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -175,18 +175,30 @@ class WorkerServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
             correlation_id=call.correlation_id,
             extra={"stream": "true"},
         )
-        run.start()
         tool_error: BaseException | None = None
         failure: BaseException | None = None
-        try:
-            async for message in run.messages():
-                await context.write(message)
-        except ToolStreamError as err:
-            tool_error = err.error
-        except SnakepitError as exc:
-            failure = exc
-        finally:
-            await run.close()
+        hub = invoker.output
+        final: pb.ToolChunk | None = None
+        # What the tool writes goes to the caller's cell; the stream's last message leaves
+        # once that output went out (as a call's answer does).
+        with hub.call(call.metadata, call.definition.name) if hub else _no_output() as out:
+            run.start()  # inside: the producer's task or thread carries the call
+            try:
+                async for message in run.messages():
+                    if message.is_final:
+                        final = message
+                        break
+                    await context.write(message)
+            except ToolStreamError as err:
+                tool_error = err.error
+            except SnakepitError as exc:
+                failure = exc
+            finally:
+                await run.close()
+        if hub is not None:
+            await hub.settle(out)
+        if final is not None:
+            await context.write(final)
         phase = "stop" if tool_error is None and failure is None else "exception"
         telemetry.tool_event(
             phase,
@@ -288,6 +300,11 @@ class WorkerServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
                 yield batch
         finally:
             acks.cancel()
+
+
+@contextlib.contextmanager
+def _no_output() -> Iterator[None]:
+    yield None
 
 
 def _unimplemented(method: str) -> Any:

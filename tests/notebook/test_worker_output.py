@@ -28,6 +28,17 @@ def chatty(n: int = 3, tag: str = "x"):
 """
 
 
+CHATTY_STREAM = """%%snakepit_tool
+import sys
+
+def chatty_stream(n: int = 3):
+    for i in range(n):
+        print(f"stream out {i}")
+        yield i
+    print("stream done", file=sys.stderr)
+"""
+
+
 def streams(messages: list[dict], parent: str) -> list[tuple[str, str]]:
     return [
         (m["content"]["name"], m["content"]["text"])
@@ -76,6 +87,45 @@ def test_prints_stderr_and_logging_reach_the_calling_cell(kernel: Kernel) -> Non
     text = data[0]["text/plain"]
     assert "! thread to stderr" in text
     assert "! WARNING:user.lib:thread careful" in text
+
+
+def test_a_streaming_tools_output_reaches_the_cell_that_reads_the_stream(kernel: Kernel) -> None:
+    reply, _ = kernel.execute("%snakepit start -n 1")
+    assert reply["status"] == "ok", reply
+    reply, _ = kernel.execute(CHATTY_STREAM)
+    assert reply["status"] == "ok", reply
+    code = (
+        "from snakepit_nb.notebook.runtime import runtime_for\n"
+        "_chunks = list(runtime_for(get_ipython()).session().stream('chatty_stream', n=3))\n"
+    )
+    msg_id = kernel.kc.execute(code)
+    reply, messages = kernel.collect(msg_id, 60)
+    assert reply["status"] == "ok", reply
+    shown = streams(messages, msg_id)
+    stdout = "".join(t for n, t in shown if n == "stdout")
+    stderr = "".join(t for n, t in shown if n == "stderr")
+    # All of it, in order, in this cell, by the time the iteration ended.
+    assert stdout == "stream out 0\nstream out 1\nstream out 2\n"
+    assert stderr == "stream done\n"
+    assert kernel.value("_chunks") == [0, 1, 2]
+
+
+def test_a_maps_items_print_into_the_calling_cell(kernel: Kernel) -> None:
+    reply, _ = kernel.execute("%snakepit start -n 1")
+    assert reply["status"] == "ok", reply
+    code = (
+        "from snakepit_nb.notebook.runtime import runtime_for\n"
+        "def shout(i):\n"
+        "    print(f'item {i}')\n"
+        "    return i * i\n"
+        "_r = runtime_for(get_ipython()).session().map(shout, range(5))\n"
+    )
+    msg_id = kernel.kc.execute(code)
+    reply, messages = kernel.collect(msg_id, 60)
+    assert reply["status"] == "ok", reply
+    stdout = "".join(t for n, t in streams(messages, msg_id) if n == "stdout")
+    assert stdout == "".join(f"item {i}\n" for i in range(5))
+    assert kernel.value("_r") == [0, 1, 4, 9, 16]
 
 
 def test_a_200k_line_flood_is_capped_coalesced_and_the_next_cell_runs_at_once(

@@ -427,6 +427,7 @@ class Pool:
         timeout: float | None,  # noqa: ASYNC109 - the pool's contract
         chunksize: int | None = None,
         affinity: str = "none",
+        metadata: Mapping[str, str] | None = None,
     ) -> list[MapResult]:
         """Run ``tool`` once per item, batched; ``(ok, value_or_error)`` in order."""
         self._check_open()
@@ -441,6 +442,7 @@ class Pool:
             timeout=timeout,
             chunksize=chunksize,
             affinity=affinity,
+            metadata=metadata or {},
         )
 
     def map_direct(
@@ -451,6 +453,7 @@ class Pool:
         *,
         style: str,
         timeout: float | None,
+        metadata: Mapping[str, str] | None = None,
     ) -> list[MapResult] | Any:
         """The map from this (non-loop) thread over the lanes, or NOT_DIRECT."""
         if self._closed:
@@ -462,7 +465,7 @@ class Pool:
             items,
             style,
             timeout=self.config.call_timeout if timeout is None else timeout,
-            metadata={},
+            metadata=dict(metadata or {}),
         )
 
     # ------------------------------------------------------------------ cell-defined tools

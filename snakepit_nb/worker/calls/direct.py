@@ -229,12 +229,34 @@ class DirectRunner:
         call_id: int = 0,
         *,
         control: CallControl | None = None,
+        scoped: bool = False,
     ) -> Answer:
         """Run one chunk of a map: ``("ok", values, {index: error_info})`` or an error answer.
 
         ``style``: ``"kwargs"`` (items are dicts of arguments), ``"args"`` (tuples of
-        positional arguments) or ``"value"`` (each item is the one argument).
+        positional arguments) or ``"value"`` (each item is the one argument). What the items
+        write goes to the caller's cell, as for a call (``scoped``: the caller opened the
+        output scope already).
         """
+        hub = self.invoker.output
+        if hub is None or scoped or OUTPUT_KEY not in metadata:
+            return self._batch(session_id, target, items, style, metadata, call_id, control)
+        name = target if isinstance(target, str) else target.name
+        with hub.call(metadata, name) as out:
+            answer = self._batch(session_id, target, items, style, metadata, call_id, control)
+        hub.settle_blocking(out)
+        return answer
+
+    def _batch(  # noqa: PLR0917
+        self,
+        session_id: str,
+        target: str | FunctionRef,
+        items: Sequence[Any],
+        style: str,
+        metadata: Mapping[str, str],
+        call_id: int,
+        control: CallControl | None,
+    ) -> Answer:
         control = control or CallControl()
         if call_id:
             self.controls[call_id] = control

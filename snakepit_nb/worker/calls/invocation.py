@@ -452,7 +452,7 @@ class Invoker:
                     return False, exc
 
             return await self._in_thread(
-                self.loop.run_in_executor(self.executor, job), call.control
+                self.loop.run_in_executor(self.executor, in_context(job)), call.control
             )
         items: list[object] = []
         try:
@@ -477,6 +477,17 @@ class Invoker:
     # ------------------------------------------------------------------ batches
 
     async def run_batch(self, batch: pb.BatchCall) -> pb.BatchResult:
+        """Run one tool (or shipped function) over many items (see :meth:`_run_batch`); what
+        the items write goes to the caller's cell before the answer leaves."""
+        hub = self.output
+        if hub is None or OUTPUT_KEY not in batch.metadata:
+            return await self._run_batch(batch)
+        with hub.call(batch.metadata, batch.tool_name) as out:
+            result = await self._run_batch(batch)
+        await hub.settle(out)
+        return result
+
+    async def _run_batch(self, batch: pb.BatchCall) -> pb.BatchResult:
         """Run one tool (or shipped function) over many items: a chunk of ``session.map``.
 
         A pickled batch, ``(function_ref_or_None, items, style)``, is answered pickled
@@ -517,12 +528,11 @@ class Invoker:
             else:
                 job = self.loop.run_in_executor(
                     self.executor,
-                    self._run_sync_batch,
-                    definition,
-                    items,
-                    ctx,
-                    batch.session_id,
-                    control,
+                    in_context(
+                        functools.partial(
+                            self._run_sync_batch, definition, items, ctx, batch.session_id, control
+                        )
+                    ),
                 )
                 data = await self._in_thread(job, control)
         except asyncio.CancelledError:
@@ -551,11 +561,13 @@ class Invoker:
             ref, items, style = unpack_inline(batch.pickled, what="a map from the kernel")
             target: str | FunctionRef = ref if isinstance(ref, FunctionRef) else batch.tool_name
             answer = self.direct.batch(
-                batch.session_id, target, items, style, batch.metadata, control=control
+                batch.session_id, target, items, style, batch.metadata, control=control, scoped=True
             )
             return pack_inline(pickle_answer(answer, what=what))
 
-        data = await self._in_thread(self.loop.run_in_executor(self.executor, job), control)
+        data = await self._in_thread(
+            self.loop.run_in_executor(self.executor, in_context(job)), control
+        )
         if len(data) > self.max_message_bytes:
             raise ResourceExhaustedError(
                 f"{what} are {len(data)} bytes, over the {self.max_message_bytes} byte message "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from snakepit_nb.protocol.lane import pack_inline
 from snakepit_nb.tools.definition import StreamKind
 from snakepit_nb.worker.calls.batches import trim_traceback
 from snakepit_nb.worker.calls.invocation import OFF_LOOP_BYTES, Invoker, PreparedCall
+from snakepit_nb.worker.output import in_context
 
 __all__ = ["BATCHING_KEY", "RETURN_KEY", "ChunkBuffer", "StreamRun", "ToolStreamError"]
 
@@ -348,9 +350,9 @@ class StreamRun:
         loop = self.invoker.loop
         if definition.stream is StreamKind.SYNC:
             kwargs = self.call.kwargs
-            future = loop.run_in_executor(
-                self.invoker.executor, _drive_sync, self.buffer, lambda: definition.func(**kwargs)
-            )
+            # The producer's thread keeps this task's context: its writes go to the call.
+            produce = functools.partial(_drive_sync, self.buffer, lambda: definition.func(**kwargs))
+            future = loop.run_in_executor(self.invoker.executor, in_context(produce))
             self._task = future
         elif definition.stream is StreamKind.ASYNC:
             self._task = loop.create_task(_drive_async(self.buffer, self.call))

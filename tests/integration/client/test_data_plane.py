@@ -513,3 +513,51 @@ def test_without_a_lane_150_mb_goes_with_default_settings(client_factory: Any) -
     echoed = s.call("echo", value=array)
     assert echoed.shape == array.shape
     assert float(echoed.sum()) == float(array.size)
+
+
+PRINTS = r"""
+import asyncio
+import snakepit_nb as sp
+
+client = sp.start(workers=1, startup_timeout=60.0, env={"SNAKEPIT_NB_LANE_DIR": ""})
+client.define_tool(
+    "def noisy(n: int):\n"
+    "    for i in range(n):\n"
+    "        print(f'chunk {i}')\n"
+    "        yield i\n"
+)
+s = client.session("prints")
+
+def shout(i):
+    print(f"item {i}")
+    return i
+
+assert s.map(shout, range(3)) == [0, 1, 2]
+assert list(s.stream("noisy", n=2)) == [0, 1]
+
+async def main():
+    session = await client.aio.session("prints")
+    return await session.map(shout, [7])
+
+assert asyncio.run(main()) == [7]
+client.close()
+print("end", flush=True)
+"""
+
+
+def test_what_maps_and_streams_print_over_grpc_reaches_the_script(tmp_path: Path) -> None:
+    """Workers without a lane (the gRPC paths): a map's and a stream's prints reach the
+    caller's stdout, with the worker's prefix, before the call returns."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PRINTS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    # A map's chunks may run at once in the worker: whole lines, in any order between them.
+    assert sorted(lines[:3]) == ["[w1] item 0", "[w1] item 1", "[w1] item 2"]
+    assert lines[3:] == ["[w1] chunk 0", "[w1] chunk 1", "[w1] item 7", "end"]

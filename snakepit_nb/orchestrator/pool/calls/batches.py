@@ -94,7 +94,9 @@ async def run_map(
     timeout: float | None,  # noqa: ASYNC109 - the pool's contract: one deadline for the map
     chunksize: int | None,
     affinity: str,
+    metadata: Mapping[str, str] | None = None,
 ) -> list[MapResult]:
+    """``metadata``: for every chunk's request (the caller's output tag, for one)."""
     tool = target_name(target)
     items = _check_items(tool, kwargs_list) if style == "kwargs" else list(kwargs_list)
     n = len(items)
@@ -102,7 +104,9 @@ async def run_map(
         return []
     if pool.pickles and chunksize is None and any(h.lane is not None for h in pool.handles):
         # Local workers: the map runs over their lanes, from a thread (never on the loop).
-        lanes = await _over_lanes(pool, session_id, target, items, style, timeout)
+        lanes = await _over_lanes(
+            pool, session_id, target, items, style, timeout, dict(metadata or {})
+        )
         if lanes is not NOT_DIRECT:
             return lanes  # type: ignore[no-any-return]
     if chunksize is not None and (
@@ -127,6 +131,11 @@ async def run_map(
             chunks.append(_pickled_chunk(session_id, tool, ref, items, start, stop, style))
         else:
             _encode_chunks(chunks, session_id, tool, items, start, stop, max_bytes)
+    if metadata:
+        # A serialised message followed by another is their merge: each chunk gets the map.
+        extra = pb.BatchCall(metadata=metadata).SerializeToString()
+        for chunk in chunks:
+            chunk.payload += extra
     try:
         async with asyncio.timeout(timeout):
             return await _Mapper(pool, session_id, tool, n, chunks, affinity).run()
@@ -144,6 +153,7 @@ async def _over_lanes(  # noqa: PLR0917
     items: list[Any],
     style: str,
     timeout: float | None,  # noqa: ASYNC109 - the map's deadline
+    metadata: dict[str, str],
 ) -> Any:
     cancelled = threading.Event()
     future = asyncio.get_running_loop().run_in_executor(
@@ -155,7 +165,7 @@ async def _over_lanes(  # noqa: PLR0917
             items,
             style,
             timeout=timeout,
-            metadata={},
+            metadata=metadata,
             cancelled=cancelled,
         ),
     )

@@ -255,6 +255,11 @@ class _Mapper:
                     worker = key.data
                     if not self._receive(worker):
                         self._drop(selector, worker)
+                # A worker the pool saw end (its socket may linger, held by another process):
+                # its chunks are lost now, not when the socket closes.
+                for worker in workers:
+                    if not worker.dead and worker.inflight and worker.end.event.is_set():
+                        self._drop(selector, worker)
         except BaseException:
             self._abandon(workers)
             raise
