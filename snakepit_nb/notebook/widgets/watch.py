@@ -315,6 +315,16 @@ class WatchView(DisplayedView):
             ):
                 future.exception(timeout)
         self.closed = True
+        # The final frame ("watch ended") is due now, before the stop returns: the cancelled
+        # feed's own ``finally`` may run only after the pump was asked to go idle.
+        if self._loop_thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._loop_thread.run(self._mark_closed(), timeout=timeout)
+
+    async def _mark_closed(self) -> None:
+        self.closed = True
+        self._seq += 1
+        self._pump.poke()
 
     def running(self) -> bool:
         return self._future is not None and not self._future.done()
