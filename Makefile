@@ -14,7 +14,7 @@ ARTIFACTS ?= artifacts
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,notebook,numpy,dspy]"
+	$(BIN)/pip install --quiet -e ".[dev,notebook,numpy,dspy,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)

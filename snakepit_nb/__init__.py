@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from snakepit_nb.client.variables import Variables
     from snakepit_nb.notebook.progress import progress
     from snakepit_nb.orchestrator.config import Config
+    from snakepit_nb.orchestrator.launch.ray_launcher import RayLauncher
     from snakepit_nb.orchestrator.registry import ParameterInfo, ToolSpec
     from snakepit_nb.orchestrator.sessions import SessionInfo
     from snakepit_nb.orchestrator.status import ClientStatus
@@ -89,6 +90,7 @@ __all__ = [
     "ParameterInfo",
     "PoolSaturatedError",
     "ProtocolError",
+    "RayLauncher",
     "RemoteToolError",
     "ResourceExhaustedError",
     "Session",
@@ -134,6 +136,7 @@ _LAZY = {
     "Variables": "snakepit_nb.client.variables",
     "AsyncVariables": "snakepit_nb.client.async_variables",
     "Config": "snakepit_nb.orchestrator.config",
+    "RayLauncher": "snakepit_nb.orchestrator.launch.ray_launcher",
     "ToolSpec": "snakepit_nb.orchestrator.registry",
     "ParameterInfo": "snakepit_nb.orchestrator.registry",
     "Adapter": "snakepit_nb.tools.adapter",

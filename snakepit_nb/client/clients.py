@@ -20,12 +20,13 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from snakepit_nb._errors import InvalidArgumentError
+from snakepit_nb._errors import ConfigurationError, InvalidArgumentError
 from snakepit_nb._loop import EXIT_CLOSE_RUNTIMES, LoopThread, at_exit, get_loop_thread
 from snakepit_nb.client.blocking import blocking_runner
 from snakepit_nb.client.sessions import AsyncSession, Session
 from snakepit_nb.client.streams import AsyncTelemetryFeed, TelemetryFeed, on_loop
 from snakepit_nb.orchestrator.config import Config
+from snakepit_nb.orchestrator.launch.base import Launcher
 from snakepit_nb.orchestrator.orchestrator import Orchestrator
 from snakepit_nb.orchestrator.output import LogText
 from snakepit_nb.orchestrator.registry import ToolSpec
@@ -70,8 +71,8 @@ class AsyncClient:
         self._loop_thread = loop_thread
 
     @classmethod
-    async def _create(cls, config: Config) -> AsyncClient:
-        orchestrator = Orchestrator(config)
+    async def _create(cls, config: Config, launcher: Launcher | None = None) -> AsyncClient:
+        orchestrator = Orchestrator(config, launcher=launcher)
         await orchestrator.start()
         client = cls(orchestrator, get_loop_thread())
         _live.add(client)
@@ -407,23 +408,43 @@ class Client:
         self.close()
 
 
-def start(**config: Any) -> Client:
+def resolve_launcher(launcher: Launcher | str | None) -> Launcher | None:
+    """``launcher=`` of ``sp.start``: None or ``"local"`` (processes on this machine),
+    ``"ray"`` (``sp.RayLauncher()``: ``RAY_ADDRESS``, else a local Ray) or a Launcher."""
+    if launcher is None or launcher == "local":
+        return None
+    if launcher == "ray":
+        from snakepit_nb.orchestrator.launch.ray_launcher import RayLauncher
+
+        return RayLauncher()
+    if isinstance(launcher, Launcher):
+        return launcher
+    raise ConfigurationError(
+        f"launcher must be 'local', 'ray' or a launcher such as sp.RayLauncher(...), not "
+        f"{launcher!r}"
+    )
+
+
+def start(*, launcher: Launcher | str | None = None, **config: Any) -> Client:
     """Start an orchestrator and its workers; returns a ``Client``.
 
     Settings are those of :class:`snakepit_nb.orchestrator.config.Config` (``workers``,
     ``adapter``, ``python``, ``worker_command``, ``env``, ``startup_timeout``,
     ``call_timeout``, ``max_queue``, ``session_ttl``, ...). A worker that does not become ready
     within ``startup_timeout`` raises ``StartupError`` with its stderr tail, and nothing is
-    left running.
+    left running. ``launcher``: where the workers run: ``"local"`` (default), ``"ray"`` or
+    ``sp.RayLauncher(address=..., num_cpus=..., ...)`` (workers as Ray actors).
     """
     settings = Config.from_kwargs(**config)
-    return Client(get_loop_thread().run(AsyncClient._create(settings)))
+    chosen = resolve_launcher(launcher)
+    return Client(get_loop_thread().run(AsyncClient._create(settings, chosen)))
 
 
-async def astart(**config: Any) -> AsyncClient:
+async def astart(*, launcher: Launcher | str | None = None, **config: Any) -> AsyncClient:
     """``start``, awaitable: ``aclient = await sp.astart(workers=2)``."""
     settings = Config.from_kwargs(**config)
-    return await on_loop(get_loop_thread(), AsyncClient._create(settings))
+    chosen = resolve_launcher(launcher)
+    return await on_loop(get_loop_thread(), AsyncClient._create(settings, chosen))
 
 
 # Clients still open at interpreter exit are closed (their workers stopped) once, here: first

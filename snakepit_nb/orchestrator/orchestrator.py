@@ -38,7 +38,7 @@ from snakepit_nb.protocol import pb
 from snakepit_nb.protocol.auth import Refusals, new_token
 
 if TYPE_CHECKING:
-    from snakepit_nb.orchestrator.launch.base import Launcher
+    from snakepit_nb.orchestrator.launch.base import Launcher, WorkerNetwork
     from snakepit_nb.orchestrator.pool.calls.batches import MapResult
     from snakepit_nb.orchestrator.pool.pool import Pool
     from snakepit_nb.orchestrator.variables.store import VariableStore
@@ -72,6 +72,10 @@ class Orchestrator:
         self.token = new_token()
         self.run_id = f"sp-{uuid.uuid4().hex[:12]}"
         self.address = ""
+        # What the pool's workers dial: ``address``, or the TLS port for workers on other
+        # machines (a launcher's WorkerNetwork).
+        self.worker_address = ""
+        self._network: WorkerNetwork | None = None
         self.sessions = SessionStore(
             ttl=config.session_ttl, max_sessions=config.max_sessions, clock=clock
         )
@@ -147,12 +151,19 @@ class Orchestrator:
         self._state = "starting"
         try:
             await self.variables.open(self.sessions)
+            await self._prepare_network()
             await self._start_server()
             self.sessions.start_sweeper()
         except BaseException:
             await self.close()
             raise
         self._state = "serving"
+
+    async def _prepare_network(self) -> None:
+        from snakepit_nb.orchestrator.launch.base import NetworkLauncher
+
+        if isinstance(self._launcher, NetworkLauncher):
+            self._network = await self._launcher.prepare_network()
 
     async def _start_server(self) -> None:
         socket_path = None
@@ -166,8 +177,11 @@ class Orchestrator:
             max_receive_bytes=self.config.max_callback_bytes,
             socket_path=socket_path,
             refusals=self.refusals,
+            tls=self._network.tls if self._network is not None else None,
+            tls_host=self._network.callback_host if self._network is not None else "127.0.0.1",
         )
         self.address = await self._server.start()
+        self.worker_address = self._server.tls_address or self.address
         log.debug("orchestrator %s serving on %s", self.run_id, self.address)
 
     async def _start_pool(self) -> None:
@@ -175,7 +189,7 @@ class Orchestrator:
 
         pool = Pool(
             self.config,
-            orchestrator_address=self.address,
+            orchestrator_address=self.worker_address,
             token=self.token,
             run_id=self.run_id,
             registry=self.registry,

@@ -11,7 +11,9 @@ marker, which the worker's guardian looks for in the tools' processes); optional
 ``SNAKEPIT_NB_HEARTBEAT_MISSES`` (or the published bridge's ``SNAKEPIT_HEARTBEAT_CONFIG``),
 ``SNAKEPIT_NB_PING_TIMEOUT`` (seconds to wait for the orchestrator at start-up, default 10),
 ``SNAKEPIT_NB_WORKER_OUTPUT`` (``off``: the tools' output is not captured for the kernel),
-``SNAKEPIT_NB_OUTPUT_LINES`` (lines one call may show in its cell, default 1000).
+``SNAKEPIT_NB_OUTPUT_LINES`` (lines one call may show in its cell, default 1000);
+on a Ray node ``SNAKEPIT_NB_BIND_HOST`` (the interface to listen on) and ``SNAKEPIT_NB_TLS_CERT``
+with ``SNAKEPIT_NB_TLS_KEY`` (the runtime's certificate: TLS both ways, nothing in plaintext).
 Flags of the published bridge that mean nothing here (``--snakepit-instance-name``...) are
 accepted and ignored. Exit codes: 0 after SIGTERM, 2 when start-up failed (the reason is on
 stderr), 3 when the parent died, 4 when the orchestrator went away.
@@ -67,6 +69,7 @@ def _env_float(env: Mapping[str, str], key: str, default: float) -> float:
 def settings_from(argv: Sequence[str] | None, env: Mapping[str, str]) -> WorkerSettings:
     """WorkerSettings from the command line and the environment of the launch contract."""
     from snakepit_nb.protocol.auth import DEFAULT_MAX_MESSAGE_BYTES, TOKEN_ENV
+    from snakepit_nb.protocol.tls import TlsIdentity
     from snakepit_nb.worker.server import WorkerSettings
 
     args, _ignored = _parser().parse_known_args(argv)
@@ -100,6 +103,8 @@ def settings_from(argv: Sequence[str] | None, env: Mapping[str, str]) -> WorkerS
         ping_timeout=max(0.1, _env_float(env, "SNAKEPIT_NB_PING_TIMEOUT", 10.0)),
         output=env.get("SNAKEPIT_NB_WORKER_OUTPUT", "") or "cell",
         output_lines=max(0, int(_env_float(env, "SNAKEPIT_NB_OUTPUT_LINES", 1000))),
+        bind_host=env.get("SNAKEPIT_NB_BIND_HOST") or None,
+        tls=TlsIdentity.from_env(env),
     )
 
 
@@ -153,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = dataclasses.replace(
         settings_from(argv, os.environ), guardian_pid=guardian, subreaper=subreaper
     )
+    from snakepit_nb.protocol.tls import KEY_ENV
+
+    os.environ.pop(KEY_ENV, None)  # the tools' subprocesses need no private key
     return asyncio.run(_serve(settings))
 
 

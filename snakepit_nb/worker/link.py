@@ -27,6 +27,7 @@ from snakepit_nb.protocol.codec import (
     encode_params,
     remote_error_from_payload,
 )
+from snakepit_nb.protocol.tls import TlsIdentity
 
 __all__ = ["OrchestratorLink"]
 
@@ -45,12 +46,18 @@ class OrchestratorLink:
         token: str | None,
         worker_id: str,
         max_message_bytes: int,
+        tls: TlsIdentity | None = None,
     ) -> None:
         self.address = address
         self.worker_id = worker_id
-        self.channel = grpc.aio.insecure_channel(
-            address, options=channel_options(max_message_bytes)
-        )
+        options = channel_options(max_message_bytes)
+        if tls is not None:
+            # A worker on another machine: the orchestrator's TLS port, pinned certificate.
+            self.channel = grpc.aio.secure_channel(
+                address, tls.channel_credentials(), options=[*options, *tls.channel_options()]
+            )
+        else:
+            self.channel = grpc.aio.insecure_channel(address, options=options)
         self.stub = pb_grpc.BridgeServiceStub(self.channel)
         self.metadata: tuple[tuple[str, str], ...] = tuple(token_metadata(token)) if token else ()
         self._variables_factory: Callable[..., Any] | None = None

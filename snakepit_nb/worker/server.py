@@ -7,8 +7,9 @@ DescribeTools (which reports the worker's snakepit_nb and Python versions), PutB
 naming it. Every RPC passes the runtime-token interceptor.
 
 Start-up order: load the adapter (and run its ``setup``), bind loopback (or a unix socket in
-the pool's private directory), ping the orchestrator until it answers, start serving, then write
-the ready file; from then on, heartbeats.
+the pool's private directory; or, on a Ray node, the node's address with TLS only), ping the
+orchestrator until it answers, start serving, then write the ready file; from then on,
+heartbeats.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from snakepit_nb.protocol.auth import DEFAULT_MAX_MESSAGE_BYTES, TokenIntercepto
 from snakepit_nb.protocol.boundary import DecodingGuard
 from snakepit_nb.protocol.codec import error_payload
 from snakepit_nb.protocol.status import abort, abort_with_tool_error, unimplemented_message
+from snakepit_nb.protocol.tls import TlsIdentity
 from snakepit_nb.tools.adapter import Adapter, ToolTable, is_adapter_class
 from snakepit_nb.tools.source import define_tool_from_source, trim_to_cell
 from snakepit_nb.worker.calls.channel import ChannelServer
@@ -96,6 +98,10 @@ class WorkerSettings:
     output: str = "cell"
     # Lines of output one call may show in its cell.
     output_lines: int = 1000
+    # Workers on other machines (Ray nodes): the interface to listen on, and the runtime's
+    # certificate (both directions use TLS, pinned to it); None: plain loopback.
+    bind_host: str | None = None
+    tls: TlsIdentity | None = None
 
 
 def load_adapter_class(spec: str) -> type[Adapter]:
@@ -376,6 +382,7 @@ class Worker:
                 token=settings.token,
                 worker_id=settings.worker_id,
                 max_message_bytes=settings.max_message_bytes,
+                tls=settings.tls,
             )
             ping = self.loop.create_task(self.link.wait_ready(settings.ping_timeout))
         else:
@@ -443,10 +450,18 @@ class Worker:
             finally:
                 os.umask(old)
             return f"unix:{path}"
-        port = server.add_insecure_port(f"127.0.0.1:{settings.port}")
+        host = settings.bind_host or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        if settings.tls is not None:
+            # Only TLS with the runtime's certificate: a plaintext client fails the handshake.
+            port = server.add_secure_port(
+                f"{host}:{settings.port}", settings.tls.server_credentials()
+            )
+        else:
+            port = server.add_insecure_port(f"{host}:{settings.port}")
         if port == 0:
-            raise StartupError(f"cannot bind 127.0.0.1:{settings.port}; is the port in use?")
-        return f"127.0.0.1:{port}"
+            raise StartupError(f"cannot bind {host}:{settings.port}; is the port in use?")
+        return f"{host}:{port}"
 
     # ------------------------------------------------------------------ tools from cells
 

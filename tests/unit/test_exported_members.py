@@ -30,6 +30,7 @@ EXPECTED = {
     "ParameterInfo",
     "PoolSaturatedError",
     "ProtocolError",
+    "RayLauncher",
     "RemoteToolError",
     "ResourceExhaustedError",
     "Session",

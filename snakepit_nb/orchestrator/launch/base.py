@@ -31,14 +31,31 @@ The interface, and how a cluster launcher (Ray, one actor per worker) implements
     psutil on the node.
 ``Launcher.close()``
     Stop everything this launcher started (Ray: kill the actors, remove placement groups).
+``LaunchedWorker.placement``
+    Where the worker runs (:class:`Placement`): its node (the Ray node id, or this machine's
+    host name), its host name, whether it shares this machine (``same_host``: the data plane
+    may use shared memory with it) and the TLS identity to dial it with (None: plain
+    loopback). Optional: workers without one are local (:func:`placement_of`).
+``NetworkLauncher.prepare_network()``
+    Optional, awaited before the orchestrator serves: a launcher whose workers may run on other
+    machines returns the runtime's TLS identity and the interface the orchestrator must serve
+    them on (:class:`WorkerNetwork`).
+
+The implementations: :mod:`~snakepit_nb.orchestrator.launch.local` (processes on this
+machine) and :mod:`~snakepit_nb.orchestrator.launch.ray_launcher` (Ray actors).
 """
 
 from __future__ import annotations
 
+import functools
 import signal
+import socket
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from snakepit_nb.protocol.tls import TlsIdentity
 
 __all__ = [
     "LANE_DIR_ENV",
@@ -50,9 +67,14 @@ __all__ = [
     "WORKER_ID_ENV",
     "LaunchedWorker",
     "Launcher",
+    "NetworkLauncher",
+    "Placement",
+    "WorkerNetwork",
     "WorkerSpec",
     "describe_exit",
+    "local_placement",
     "parse_ready_address",
+    "placement_of",
 ]
 
 READY_FILE_ENV = "SNAKEPIT_READY_FILE"
@@ -82,6 +104,37 @@ class WorkerSpec:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     startup_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a launched worker runs, and how to reach it safely."""
+
+    node: str  # the Ray node id (hex) for Ray workers; this machine's host name for local ones
+    host: str  # the host name of the machine the worker runs on
+    same_host: bool  # shares this machine: shared memory and unix sockets can reach it
+    tls: TlsIdentity | None = None  # dial it with TLS pinned to this identity (None: plain)
+
+
+@functools.cache
+def local_placement() -> Placement:
+    """The placement of a worker process on this machine."""
+    name = socket.gethostname()
+    return Placement(node=name, host=name, same_host=True)
+
+
+def placement_of(worker: object) -> Placement:
+    """``worker.placement``, or this machine for workers that do not say (a local process)."""
+    placement = getattr(worker, "placement", None)
+    return placement if isinstance(placement, Placement) else local_placement()
+
+
+@dataclass(frozen=True)
+class WorkerNetwork:
+    """What the orchestrator's server needs for workers on other machines."""
+
+    tls: TlsIdentity  # served on a port of its own, pinned to this identity
+    callback_host: str  # the interface of this machine those workers reach it on
 
 
 @runtime_checkable
@@ -130,6 +183,15 @@ class Launcher(Protocol):
     @abstractmethod
     async def close(self) -> None:
         """Stop every worker this launcher started."""
+
+
+@runtime_checkable
+class NetworkLauncher(Protocol):
+    """A launcher whose workers may run on other machines (see the module docstring)."""
+
+    async def prepare_network(self) -> WorkerNetwork | None:
+        """Connect to the cluster; the TLS identity and callback interface, or None when
+        every worker will share this machine (plain loopback then)."""
 
 
 def describe_exit(code: int | None) -> str:

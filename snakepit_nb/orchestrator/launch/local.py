@@ -56,6 +56,7 @@ from snakepit_nb.orchestrator.launch.base import (
     Launcher,
     WorkerSpec,
     describe_exit,
+    local_placement,
     parse_ready_address,
 )
 from snakepit_nb.orchestrator.launch.registry import (
@@ -96,6 +97,7 @@ class LocalWorker(LaunchedWorker):
         self.pgid = popen.pid  # start_new_session: the worker leads its own group
         self.address = ""
         self.started_at = time.time()
+        self.placement = local_placement()
         self.stdout_path = stdout_path
         self.stderr_path = stderr_path
         self._launcher = launcher

@@ -21,6 +21,7 @@ import grpc.aio
 
 from snakepit_nb._errors import StartupError
 from snakepit_nb._version import __version__
+from snakepit_nb.orchestrator.launch.base import placement_of
 from snakepit_nb.orchestrator.pool.channel import CallChannel
 from snakepit_nb.orchestrator.pool.lane import LaneClient
 from snakepit_nb.protocol import auth, pb, pb_grpc
@@ -82,7 +83,16 @@ class GrpcConnector:
             else (key, value)
             for key, value in auth.channel_options(limit)
         ]
-        channel = grpc.aio.insecure_channel(launched.address, options=options)
+        placement = placement_of(launched)
+        tls = placement.tls
+        if tls is not None:
+            # A worker on another machine: TLS pinned to the runtime's certificate.
+            options = [*options, *tls.channel_options()]
+            channel = grpc.aio.secure_channel(
+                launched.address, tls.channel_credentials(), options=options
+            )
+        else:
+            channel = grpc.aio.insecure_channel(launched.address, options=options)
         handle.grpc_channel = channel
         stub = pb_grpc.BridgeServiceStub(channel)
         handle.stub = stub
@@ -106,7 +116,8 @@ class GrpcConnector:
         check_versions(handle.worker_id, described)
         handle.pid = described.pid or launched.pid
         handle.tools = {spec.name: spec for spec in described.tools}
-        if described.lane and self.token:
+        if described.lane and self.token and placement.same_host:
+            # Only a worker on this machine can share its unix socket and memory with us.
             handle.lane = LaneClient(described.lane, self.token, worker_id=handle.worker_id)
         call_channel = CallChannel(
             channel,

@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 
 from snakepit_nb._errors import ClosedError, WorkerCrashedError
+from snakepit_nb.orchestrator.launch.base import placement_of
 from snakepit_nb.orchestrator.pool.channel import CallChannel
 from snakepit_nb.orchestrator.pool.lane import LaneClient
 from snakepit_nb.protocol import pb, pb_grpc
@@ -68,6 +69,10 @@ class WorkerStatus:
     address: str
     foreign: bool = False
     last_error: str = ""
+    # The Ray node id (hex) of a Ray worker, this machine's host name for a local one; and the
+    # host name of the machine it runs on.
+    node: str = ""
+    host: str = ""
 
 
 class WorkerGone(Exception):
@@ -286,6 +291,7 @@ class WorkerHandle:
             except Exception:
                 rss = None
         uptime = time.monotonic() - self.ready_at if self.ready_at and self.pid else 0.0
+        placement = placement_of(self.launched) if self.launched is not None else None
         return WorkerStatus(
             worker_id=self.worker_id,
             pid=self.pid,
@@ -299,6 +305,8 @@ class WorkerHandle:
             address=self.address,
             foreign=self.foreign,
             last_error=self.last_error,
+            node=placement.node if placement is not None else "",
+            host=placement.host if placement is not None else "",
         )
 
     # ------------------------------------------------------------------ connection

@@ -44,6 +44,7 @@ from snakepit_nb.protocol.status import (
 
 if TYPE_CHECKING:
     from snakepit_nb.orchestrator.service import Service
+    from snakepit_nb.protocol.tls import TlsIdentity
 
 __all__ = ["CORRELATION_HEADER", "BridgeServer", "OrchestratorServicer"]
 
@@ -321,8 +322,15 @@ class BridgeServer:
         max_receive_bytes: int | None = None,
         socket_path: str | None = None,
         refusals: Refusals | None = None,
+        tls: TlsIdentity | None = None,
+        tls_host: str = "127.0.0.1",
     ) -> None:
         self._servicer = servicer
+        # Workers on other machines reach the server on a port of its own on ``tls_host``,
+        # TLS only, pinned to the runtime's certificate (plaintext fails the handshake).
+        self._tls = tls
+        self._tls_host = tls_host
+        self.tls_address = ""
         self._token = token
         self.refusals = refusals
         self._max_message_bytes = max_message_bytes
@@ -339,7 +347,8 @@ class BridgeServer:
         return self._servicer.service.max_variable_bytes
 
     async def start(self) -> str:
-        """Bind (127.0.0.1 on a free port, or the unix socket) and serve; returns the address."""
+        """Bind (127.0.0.1 on a free port, or the unix socket; and the TLS port when asked) and
+        serve; returns the loopback address."""
         server = grpc.aio.server(
             interceptors=[
                 TokenInterceptor(self._token, refusals=self.refusals),
@@ -364,6 +373,12 @@ class BridgeServer:
         else:
             port = server.add_insecure_port("127.0.0.1:0")
             address = f"127.0.0.1:{port}"
+        if self._tls is not None:
+            host = f"[{self._tls_host}]" if ":" in self._tls_host else self._tls_host
+            tls_port = server.add_secure_port(f"{host}:0", self._tls.server_credentials())
+            if tls_port == 0:
+                raise InvalidArgumentError(f"could not bind the orchestrator's TLS port on {host}")
+            self.tls_address = f"{host}:{tls_port}"
         await server.start()
         if self._socket_path is not None:
             os.chmod(self._socket_path, 0o600)
