@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_calls.py > /dev/null
 	$(BIN)/python benchmarks/bench_variables.py > benchmarks/results/bench_variables.json
 	$(BIN)/python benchmarks/bench_codec.py > benchmarks/results/bench_codec.json
+	$(BIN)/python benchmarks/bench_ray.py > /dev/null
 	$(BIN)/python scripts/bench_table.py --write
 
 # A smoke run of the same benchmarks (under a minute); results go to $(ARTIFACTS)/.

@@ -15,6 +15,8 @@ import pytest
 
 # The helpers and adapters of tests/support are imported by name, from tests at any depth.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+# Ray (the Ray launcher's tests, the Ray notebook's kernel) keeps to the loopback address.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 # DSPy's response cache, for this process and every worker and kernel it starts (they inherit
 # the environment): a folder of the test run, never the user's own cache.

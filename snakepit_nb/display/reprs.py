@@ -245,10 +245,18 @@ def pool_status_html(status: Any, *, live: bool = True) -> str:
             if last_error
             else ""
         )
+        node = str(getattr(wk, "node", "") or "")
+        host = str(getattr(wk, "host", "") or "")
+        where = (
+            f'<span title="node {fmt.esc(node)} on {fmt.esc(host)}">{fmt.esc(node[:12])}</span>'
+            if node
+            else "–"
+        )
         rows.append(
             [
                 f"<b>{fmt.esc(getattr(wk, 'worker_id', '?'))}</b>",
                 fmt.esc(getattr(wk, "pid", None) or "–"),
+                where,
                 fmt.badge(state),
                 fmt.esc(getattr(wk, "in_flight", 0)),
                 fmt.count(int(getattr(wk, "calls", 0) or 0)),
@@ -273,6 +281,7 @@ def pool_status_html(status: Any, *, live: bool = True) -> str:
         [
             "worker",
             "pid",
+            "node",
             "state",
             "in flight",
             "calls",

@@ -135,12 +135,18 @@ class SnakepitMagics(Magics):
             rt.settings.adapter = expand_word(args.adapter, self.ns)
         if args.python:
             rt.settings.python = expand_word(args.python, self.ns)
+        launcher = None
+        if args.ray is not None:
+            from snakepit_nb.orchestrator.launch.ray_launcher import RayLauncher
+
+            launcher = RayLauncher(address=expand_word(args.ray, self.ns) or None)
         return rt.start(
             call_timeout=args.call_timeout,
             startup_timeout=args.startup_timeout,
             max_queue=args.max_queue,
             worker_output=args.worker_output,
             autoreload=args.autoreload or None,
+            launcher=launcher,
         )
 
     def _cmd_stop(self, args: Any, _: dict[str, Any]) -> None:

@@ -42,6 +42,15 @@ def _named(prog: str) -> Callable[[Stub], Stub]:
     help="where tools' prints go: the calling cell (default), only %%snakepit logs, or nowhere",
 )
 @argument("--autoreload", action="store_true", help="reload the workers when the adapter changes")
+@argument(
+    "--ray",
+    nargs="?",
+    const="",
+    default=None,
+    metavar="ADDRESS",
+    help="run the workers as Ray actors on the cluster at ADDRESS (default: RAY_ADDRESS, "
+    "else a local Ray); needs snakepit_nb[ray]",
+)
 def start(**_: Any) -> None:
     """Start the worker pool; returns the client (``c = %snakepit start -n 4``)."""
 

@@ -99,6 +99,7 @@ class PoolView(DisplayedView):
         for wk in workers:
             lines.append(
                 f"  {getattr(wk, 'worker_id', '?')} pid={getattr(wk, 'pid', None)} "
+                f"node={str(getattr(wk, 'node', '') or '-')[:12]} "
                 f"{getattr(wk, 'state', '?')} calls={getattr(wk, 'calls', 0)} "
                 f"restarts={getattr(wk, 'restarts', 0)}"
             )

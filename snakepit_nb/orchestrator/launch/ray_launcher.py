@@ -362,7 +362,10 @@ class RayLauncher(Launcher):
 
     async def launch(self, spec: WorkerSpec) -> RayWorker:
         if self._closed:
-            raise ClosedError("this launcher was closed; start a new pool with sp.start()")
+            raise ClosedError(
+                "this RayLauncher was closed with its pool; pass a new sp.RayLauncher(...) to "
+                "sp.start()"
+            )
         if not self._prepared:
             await self.prepare_network()
         if spec.startup_timeout <= 0:
