@@ -373,6 +373,30 @@ def test_the_ray_notebook_runs_on_the_cluster(
     wait_until(lambda: cluster.free_cpus() == TOTAL_CPUS, 30, "the notebook's CPUs back")
 
 
+def test_the_magic_starts_workers_on_the_cluster_it_names(cluster: RayCluster) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from snakepit_nb.notebook.runtime import runtime_for
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "snakepit_nb")
+    try:
+        shell.user_ns["ray_address"] = cluster.address
+        client = shell.run_line_magic(
+            "snakepit", "start --ray {ray_address} -n 2 --startup-timeout 60"
+        )
+        launcher = client.orchestrator.pool.launcher
+        assert isinstance(launcher, sp.RayLauncher)
+        assert launcher.address == cluster.address
+        assert {w.node for w in client.status().workers} == cluster.alive_nodes()
+        shell.run_line_magic("snakepit", "stop")
+        assert client.closed
+    finally:
+        runtime_for(shell).stop()
+        shell.run_line_magic("unload_ext", "snakepit_nb")
+    wait_until(lambda: cluster.free_cpus() == TOTAL_CPUS, 30, "the magic's CPUs back")
+
+
 def test_death_of_a_whole_node_replaces_its_worker_on_a_live_node(
     cluster: RayCluster, ray_clients: Any
 ) -> None:
