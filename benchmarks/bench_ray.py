@@ -6,12 +6,14 @@
 
 A Ray of one node starts here (loopback, no dashboard), then, each with a warm-up first:
 
-- ``session.call("noop")`` one at a time (p50/p99): local workers; workers as Ray actors
-  (``sp.RayLauncher``, plain loopback since the node is this machine); the same with TLS forced
-  (``tls=True``, what workers on other machines use); a Ray actor's own ``noop.remote()``
-  awaited with ``ray.get``;
+- ``session.call("noop")`` one at a time (p50/p99) on four pools of 2 workers: local workers
+  (``sp_local``, over the lane), local workers without the lane (``sp_local_grpc``: every call
+  over plain gRPC), workers as Ray actors on this machine (``sp_ray``: the lane too) and Ray
+  actors taken for workers on another machine (``sp_ray_remote_tls``: no lane, TLS with the
+  runtime's certificate, large values in chunked gRPC: what a real cluster's other nodes get);
+  and a Ray actor's own ``noop.remote()`` awaited with ``ray.get``;
 - 100 MB from a worker to the kernel, ``session.call("nbytes", n=100_000_000)``, on the same
-  three pools; Ray: an actor returning 100 MB through the object store (``ray.get``), and
+  four pools; Ray: an actor returning 100 MB through the object store (``ray.get``), and
   ``ray.get(ray.put(data))`` of 100 MB in the driver.
 
 JSON goes to stdout and to ``--out`` (default ``benchmarks/results/bench_ray.json``); the ratios
@@ -110,8 +112,11 @@ def main() -> None:
     report.data["machine"]["ray"] = ray.__version__
     try:
         pool_cases(report, "sp_local", n_seq, repeats)
+        pool_cases(report, "sp_local_grpc", n_seq, repeats, env={"SNAKEPIT_NB_LANE_DIR": ""})
         pool_cases(report, "sp_ray", n_seq, repeats, launcher=sp.RayLauncher(tls=False))
-        pool_cases(report, "sp_ray_tls", n_seq, repeats, launcher=sp.RayLauncher(tls=True))
+        remote = sp.RayLauncher(tls=True)
+        remote._kernel_machine = "another-machine"  # what a node on another machine sees
+        pool_cases(report, "sp_ray_remote_tls", n_seq, repeats, launcher=remote)
         peer = Peer.remote()  # type: ignore[attr-defined]
         ray.get(peer.noop.remote())
         report.case("ray_actor_call_seq", **sequential(lambda: ray.get(peer.noop.remote()), n_seq))
@@ -128,7 +133,7 @@ def main() -> None:
     cases = report.data["cases"]
     local = cases["sp_local_call_seq"]["p50_us"]
     actor = cases["ray_actor_call_seq"]["p50_us"]
-    for name in ("sp_ray", "sp_ray_tls"):
+    for name in ("sp_local_grpc", "sp_ray", "sp_ray_remote_tls"):
         p50 = cases[f"{name}_call_seq"]["p50_us"]
         report.ratio(f"{name}_call_p50_vs_local", p50 / local)
         report.ratio(f"{name}_call_p50_vs_ray_actor", p50 / actor)
