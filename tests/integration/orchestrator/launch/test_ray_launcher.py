@@ -193,6 +193,8 @@ def test_calls_streams_variables_and_kernel_tools_on_both_nodes(ray_clients: Any
         assert s.call("ask_kernel", tool="greet", name=status.worker_id) == (
             f"hello {status.worker_id} from the kernel"
         )
+        # A notebook's function, pickled by value with the token, runs there too.
+        assert s.call(lambda x: (x * 2, os.getpid()), 21) == (42, status.pid)
     assert sorted(asked) == sorted(w.worker_id for w in nodes.values())
 
 
@@ -267,6 +269,7 @@ def test_workers_on_another_machine_get_no_lane_and_need_tls(
     s = client.session("far")
     assert len(s.call("nbytes", n=20 * 2**20)) == 20 * 2**20  # over gRPC, in chunks
     assert s.call("add", a=1, b=2) == 3
+    assert s.map(lambda x: x + 1, range(100)) == list(range(1, 101))
     # Without TLS such a worker is refused, and nothing is left running.
     plain = elsewhere(sp.RayLauncher(address=cluster.address, tls=False))
     with pytest.raises(sp.StartupError, match="another machine, but TLS is off"):
