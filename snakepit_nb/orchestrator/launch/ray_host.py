@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import socket
 import sys
 from pathlib import Path
@@ -47,9 +48,12 @@ class WorkerHost:
     """One worker's actor (see the module docstring). Every method runs on the actor's loop."""
 
     def __init__(self, run_id: str) -> None:
-        # No sweep here: the node's own runs are none of this actor's business, and rows left
-        # by a dead actor are swept by the next local launcher on that machine.
-        self._launcher = LocalProcessLauncher(run_id=run_id, sweep=False)
+        # A run id of its own: the sweep of the process registry ends every process carrying a
+        # dead run's marker, so a dead actor's marker must name its worker alone, never the
+        # pool's other workers. No sweep here: rows left by a dead actor are swept by the next
+        # local launcher on that machine.
+        own_run = f"{run_id}-{secrets.token_hex(4)}"
+        self._launcher = LocalProcessLauncher(run_id=own_run, sweep=False)
         self._worker: LocalWorker | None = None
 
     async def start(

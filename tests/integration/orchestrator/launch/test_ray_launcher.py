@@ -35,6 +35,7 @@ from pool_support import wait_until
 from ray.cluster_utils import Cluster
 
 import snakepit_nb as sp
+from snakepit_nb.orchestrator.launch.registry import ProcessRegistry
 from snakepit_nb.protocol import pb, pb_grpc
 from snakepit_nb.protocol.auth import token_metadata
 from snakepit_nb.protocol.tls import TlsIdentity
@@ -302,6 +303,35 @@ def test_sigkill_of_a_worker_process_fails_its_call_and_is_replaced(
     # The dead worker's actor was released: two workers hold two CPUs, no more.
     wait_until(lambda: cluster.free_cpus() == TOTAL_CPUS - 2, 30, "the old actor's CPU back")
     assert session_on(client, victim.worker_id).call("add", a=1, b=2) == 3
+
+
+def test_sigkill_of_an_actor_fails_its_call_and_spares_the_other_workers(
+    cluster: RayCluster, ray_clients: Any
+) -> None:
+    client = ray_clients()
+    victim, other = client.orchestrator.pool.launcher.workers()
+    s = session_on(client, victim.worker_id)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(s.call, "slow", seconds=30)
+        wait_until(lambda: any(w.in_flight for w in client.status().workers), 20, "the slow call")
+        os.kill(victim.actor_pid, signal.SIGKILL)
+        with pytest.raises(sp.WorkerCrashedError):
+            running.result(timeout=30)
+    wait_until(lambda: gone(victim.pid), 30, "the worker to die with its actor")
+    # The dead actor's registry rows stay behind; the sweep the next local launcher on this
+    # machine runs ends what that actor left, and nothing of the pool's other workers.
+    report = ProcessRegistry().sweep(grace=1.0)
+    assert other.pid not in report.killed
+    assert not gone(other.pid)
+
+    def replaced() -> Any:
+        w = next(w for w in client.status().workers if w.worker_id == victim.worker_id)
+        return w if w.state == "ready" and w.pid != victim.pid else None
+
+    wait_until(replaced, 60, "the replacement worker")
+    survivor = next(w for w in client.status().workers if w.worker_id == other.worker_id)
+    assert (survivor.pid, survivor.state, survivor.restarts) == (other.pid, "ready", 0)
+    assert session_on(client, other.worker_id).call("add", a=1, b=1) == 2
 
 
 def test_restart_intensity_gives_a_crash_looping_slot_up(
