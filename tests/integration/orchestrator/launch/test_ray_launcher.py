@@ -468,6 +468,7 @@ def test_death_of_a_whole_node_replaces_its_worker_on_a_live_node(
     nodes = by_node(client)
     lost_node = cluster.worker_node.node_id
     victim = nodes[lost_node]
+    (bystander,) = (w for w in nodes.values() if w is not victim)
     s = session_on(client, victim.worker_id)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         running = pool.submit(s.call, "slow", seconds=60)
@@ -493,6 +494,9 @@ def test_death_of_a_whole_node_replaces_its_worker_on_a_live_node(
         "both workers ready on the live node",
     )
     assert client.session("after-the-loss").call("add", a=2, b=2) == 4
+    # The worker on the live node was never touched.
+    kept = next(w for w in client.status().workers if w.worker_id == bystander.worker_id)
+    assert (kept.pid, kept.restarts) == (bystander.pid, 0)
     client.close()
     cluster.replace_worker_node()  # for the tests that may come after
     wait_until(lambda: cluster.free_cpus() == TOTAL_CPUS, 60, "the new node's CPUs")
