@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopback
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # and no usage report
 
 sys.path.insert(0, str(Path(__file__).parent))
 

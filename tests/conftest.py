@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 # Ray (the Ray launcher's tests, the Ray notebook's kernel) keeps to the loopback address.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report to the internet
 
 # DSPy's response cache, for this process and every worker and kernel it starts (they inherit
 # the environment): a folder of the test run, never the user's own cache.

@@ -319,7 +319,9 @@ class RayLauncher(Launcher):
 
             address = self.address or os.environ.get("RAY_ADDRESS") or None
             if address is None:
-                # A cluster of one, on loopback, without the dashboard.
+                # A cluster of one, on loopback, without the dashboard and without Ray's usage
+                # report (it would try to reach the internet).
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 ray.init(
                     include_dashboard=False,
                     _node_ip_address="127.0.0.1",

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray on loopback, before it loads
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # and no usage report
 
 import grpc
 import nbformat
