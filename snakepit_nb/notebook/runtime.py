@@ -135,6 +135,10 @@ class NotebookRuntime:
                 # "pool stopped", not the last live frame.
                 with contextlib.suppress(Exception):
                     self.pump.wait_idle(timeout=5)
+                # And whatever a view's own end left undone (a feed that ended late): its
+                # last frame and fallbacks, rendered on the loop before this cell returns.
+                with contextlib.suppress(Exception):
+                    get_loop_thread().run(_final_frames(views), timeout=5)
             client, self.client = self.client, None
             self.sessions.clear()
             if client is None or getattr(client, "closed", False):
@@ -214,3 +218,13 @@ def shutdown_all() -> None:
     for runtime in list(_runtimes.values()):
         runtime.shutdown()
     _runtimes.clear()
+
+
+async def _final_frames(views: list[Any]) -> None:
+    for view in views:
+        with contextlib.suppress(Exception):
+            if view.pending():
+                view.render()
+            refresh = getattr(view, "refresh_fallback", None)
+            if refresh is not None:
+                refresh()
