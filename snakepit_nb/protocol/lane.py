@@ -23,11 +23,11 @@ import array
 import contextlib
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
-from snakepit_nb.protocol import pickling, segments
+from snakepit_nb.protocol import pb, pickling, segments
 from snakepit_nb.protocol.pickling import Pickled
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "LaneSocket",
     "pack_inline",
     "pack_message",
+    "pieces",
     "unpack_inline",
     "unpack_message",
 ]
@@ -122,6 +123,20 @@ def pack_inline(message: Pickled) -> bytes:
     """``message`` as one bytes value, its buffers inline (for a gRPC field)."""
     parts, _ = pack_message(message, shared=False)
     return b"".join(parts)
+
+
+def pieces(data: bytes | bytearray, size: int) -> Iterator[pb.BlobChunk]:
+    """A packed message as ``BlobChunk`` pieces of ``size`` bytes (``PutBlob``/``TakeBlob``);
+    the first names the total (an empty message is one empty piece)."""
+    view = memoryview(data)
+    total = len(view)
+    if not total:
+        yield pb.BlobChunk(total_bytes=0)
+        return
+    for start in range(0, total, size):
+        yield pb.BlobChunk(
+            data=bytes(view[start : start + size]), total_bytes=total if not start else 0
+        )
 
 
 def unpack_inline(data: bytes | bytearray | memoryview, *, what: str) -> Any:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from snakepit_nb._errors import InvalidArgumentError
@@ -35,6 +35,7 @@ __all__ = [
     "dumps_function",
     "loads",
     "pickle_refused",
+    "wrap_call",
     "wrap_large",
 ]
 
@@ -99,6 +100,13 @@ def _wrap(value: object) -> object:
 def wrap_large(values: Sequence[object]) -> list[object]:
     """``values`` with their large ``bytes``/``memoryview`` items made out-of-band-able."""
     return [_wrap(v) for v in values]
+
+
+def wrap_call(
+    args: Sequence[object], kwargs: Mapping[str, object]
+) -> tuple[list[object], dict[str, object]]:
+    """A call's positional and keyword arguments, each wrapped as by :func:`wrap_large`."""
+    return wrap_large(args), {name: _wrap(value) for name, value in kwargs.items()}
 
 
 def dumps(value: object, *, what: str = "the value", oob: bool = True) -> Pickled:

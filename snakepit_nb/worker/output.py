@@ -27,7 +27,7 @@ import logging
 import sys
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
@@ -194,6 +194,23 @@ class OutputHub:
             if state.wrote:
                 end = _Pending(tag, STDOUT, "", True, tool, end=True, call=state.number)
                 state.end_seq = self._append(end)
+
+    def run(self, metadata: Mapping[str, str], tool: str, fn: Callable[[], T]) -> T:
+        """``fn()`` as one call (in this thread): its writes are the call's, and this returns
+        once they were acknowledged (see :meth:`settle_blocking`)."""
+        with self.call(metadata, tool) as out:
+            result = fn()
+        self.settle_blocking(out)
+        return result
+
+    async def arun(
+        self, metadata: Mapping[str, str], tool: str, make: Callable[[], Awaitable[T]]
+    ) -> T:
+        """:meth:`run` on the loop: ``await make()`` as one call, then :meth:`settle`."""
+        with self.call(metadata, tool) as out:
+            result = await make()
+        await self.settle(out)
+        return result
 
     async def settle(self, state: CallOutput | None, timeout: float = SETTLE_TIMEOUT) -> None:  # noqa: ASYNC109
         """Once the kernel acknowledged the call's last record (a reader connected; bounded).

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from snakepit_nb._errors import InvalidArgumentError, ResourceExhaustedError
 from snakepit_nb.protocol import pb
+from snakepit_nb.protocol.lane import pieces
 
 __all__ = ["PIECE", "BlobStore"]
 
@@ -113,16 +114,8 @@ class BlobStore:
 
     async def pieces(self, blob_id: str) -> AsyncIterator[pb.BlobChunk]:
         """Take blob ``blob_id`` as ``BlobChunk`` pieces (the first one names the total)."""
-        data = memoryview(self.take(blob_id))
-        total = len(data)
-        if not total:
-            yield pb.BlobChunk(total_bytes=0)
-            return
-        piece = self.piece
-        for start in range(0, total, piece):
-            yield pb.BlobChunk(
-                data=bytes(data[start : start + piece]), total_bytes=total if not start else 0
-            )
+        for piece in pieces(self.take(blob_id), self.piece):
+            yield piece
 
     def sweep(self) -> None:
         """Drop blobs kept past their time."""

@@ -37,7 +37,7 @@ from snakepit_nb.worker.calls.batches import (
     trim_traceback,
 )
 from snakepit_nb.worker.context import CallControl
-from snakepit_nb.worker.output import OUTPUT_KEY, OutputHub
+from snakepit_nb.worker.output import OutputHub
 
 if TYPE_CHECKING:
     from snakepit_nb.tools.adapter import ToolTable
@@ -96,20 +96,14 @@ class DirectRunner:
     ) -> Answer:
         """Run one call (see :meth:`_call`); what the tool writes goes to the caller's cell,
         and the answer leaves once that output went out (``worker/output.py``)."""
+        run = functools.partial(
+            self._call, session_id, target, args, kwargs, metadata, call_id,
+            variables=variables, control=control,
+        )  # fmt: skip
         hub = self.invoker.output
-        if hub is None or OUTPUT_KEY not in metadata:
-            return self._call(
-                session_id, target, args, kwargs, metadata, call_id,
-                variables=variables, control=control,
-            )  # fmt: skip
-        name = target if isinstance(target, str) else target.name
-        with hub.call(metadata, name) as out:
-            answer = self._call(
-                session_id, target, args, kwargs, metadata, call_id,
-                variables=variables, control=control,
-            )  # fmt: skip
-        hub.settle_blocking(out)
-        return answer
+        if hub is None:
+            return run()
+        return hub.run(metadata, target if isinstance(target, str) else target.name, run)
 
     def _call(  # noqa: PLR0917
         self,
@@ -238,14 +232,13 @@ class DirectRunner:
         write goes to the caller's cell, as for a call (``scoped``: the caller opened the
         output scope already).
         """
+        run = functools.partial(
+            self._batch, session_id, target, items, style, metadata, call_id, control
+        )
         hub = self.invoker.output
-        if hub is None or scoped or OUTPUT_KEY not in metadata:
-            return self._batch(session_id, target, items, style, metadata, call_id, control)
-        name = target if isinstance(target, str) else target.name
-        with hub.call(metadata, name) as out:
-            answer = self._batch(session_id, target, items, style, metadata, call_id, control)
-        hub.settle_blocking(out)
-        return answer
+        if hub is None or scoped:
+            return run()
+        return hub.run(metadata, target if isinstance(target, str) else target.name, run)
 
     def _batch(  # noqa: PLR0917
         self,

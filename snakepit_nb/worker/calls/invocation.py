@@ -55,7 +55,7 @@ from snakepit_nb.worker.calls.functions import FunctionCache, function_definitio
 from snakepit_nb.worker.calls.runner import SyncRunner
 from snakepit_nb.worker.context import CallControl, SessionContext
 from snakepit_nb.worker.link import OrchestratorLink
-from snakepit_nb.worker.output import OUTPUT_KEY, OutputHub, in_context
+from snakepit_nb.worker.output import OutputHub, in_context
 from snakepit_nb.worker.telemetry import TelemetryEmitter
 
 __all__ = ["Invoker", "PreparedCall"]
@@ -304,12 +304,9 @@ class Invoker:
         leaves once that output went out.
         """
         hub = self.output
-        if hub is None or OUTPUT_KEY not in call.metadata:
+        if hub is None:
             return await self._run(call)
-        with hub.call(call.metadata, call.definition.name) as out:
-            response = await self._run(call)
-        await hub.settle(out)
-        return response
+        return await hub.arun(call.metadata, call.definition.name, lambda: self._run(call))
 
     async def _run(self, call: PreparedCall) -> pb.ExecuteToolResponse:
         definition = call.definition
@@ -480,12 +477,9 @@ class Invoker:
         """Run one tool (or shipped function) over many items (see :meth:`_run_batch`); what
         the items write goes to the caller's cell before the answer leaves."""
         hub = self.output
-        if hub is None or OUTPUT_KEY not in batch.metadata:
+        if hub is None:
             return await self._run_batch(batch)
-        with hub.call(batch.metadata, batch.tool_name) as out:
-            result = await self._run_batch(batch)
-        await hub.settle(out)
-        return result
+        return await hub.arun(batch.metadata, batch.tool_name, lambda: self._run_batch(batch))
 
     async def _run_batch(self, batch: pb.BatchCall) -> pb.BatchResult:
         """Run one tool (or shipped function) over many items: a chunk of ``session.map``.

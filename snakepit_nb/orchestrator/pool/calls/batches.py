@@ -17,7 +17,6 @@ import asyncio
 import collections
 import functools
 import math
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,12 @@ from snakepit_nb._errors import (
     ResourceExhaustedError,
     SnakepitError,
 )
-from snakepit_nb.orchestrator.pool.calls.direct import NOT_DIRECT, Target, target_name
+from snakepit_nb.orchestrator.pool.calls.direct import (
+    NOT_DIRECT,
+    Target,
+    in_thread,
+    target_name,
+)
 from snakepit_nb.orchestrator.pool.calls.direct_map import direct_map
 from snakepit_nb.orchestrator.pool.calls.requests import raise_unpicklable_item
 from snakepit_nb.orchestrator.pool.channel import ChannelBrokenError
@@ -155,10 +159,9 @@ async def _over_lanes(  # noqa: PLR0917
     timeout: float | None,  # noqa: ASYNC109 - the map's deadline
     metadata: dict[str, str],
 ) -> Any:
-    cancelled = threading.Event()
-    future = asyncio.get_running_loop().run_in_executor(
+    return await in_thread(
         pool.lane_executor,
-        lambda: direct_map(
+        lambda cancelled: direct_map(
             pool,
             session_id,
             target,
@@ -169,11 +172,6 @@ async def _over_lanes(  # noqa: PLR0917
             cancelled=cancelled,
         ),
     )
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        cancelled.set()
-        raise
 
 
 def _encode_chunks(  # noqa: PLR0917 - internal recursion helper

@@ -9,10 +9,11 @@ limit (``max_message_bytes``) applies to each piece, never to the value.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from snakepit_nb.protocol import pb
+from snakepit_nb.protocol.lane import pieces
 
 if TYPE_CHECKING:
     from snakepit_nb.protocol import pb_grpc
@@ -30,15 +31,6 @@ def threshold(max_message_bytes: int) -> int:
     return min(THRESHOLD, max_message_bytes // 2)
 
 
-def _pieces(data: bytes, piece: int) -> Iterator[pb.BlobChunk]:
-    view = memoryview(data)
-    total = len(view)
-    for start in range(0, total, piece):
-        yield pb.BlobChunk(
-            data=bytes(view[start : start + piece]), total_bytes=total if not start else 0
-        )
-
-
 async def upload(
     stub: pb_grpc.BridgeServiceStub,
     data: bytes,
@@ -49,7 +41,7 @@ async def upload(
 ) -> str:
     """Upload ``data`` to the worker behind ``stub``; the blob's id."""
     piece = min(PIECE, threshold(max_message_bytes))
-    ref: pb.BlobRef = await stub.PutBlob(_pieces(data, piece), metadata=metadata, timeout=timeout)
+    ref: pb.BlobRef = await stub.PutBlob(pieces(data, piece), metadata=metadata, timeout=timeout)
     return ref.blob_id
 
 

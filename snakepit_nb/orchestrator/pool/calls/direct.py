@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -55,9 +55,12 @@ __all__ = [
     "direct_call",
     "exchange",
     "gone_error",
+    "in_thread",
     "lane_call",
     "target_name",
 ]
+
+T = TypeVar("T")
 
 #: "This call cannot go over the lane": the caller takes the loop path.
 NOT_DIRECT: Any = object()
@@ -128,10 +131,9 @@ async def lane_call(  # noqa: PLR0917
 ) -> Any:
     """:func:`exchange` for a slot taken on the loop, run in ``executor``; cancelling the
     awaiting task cancels the call in the worker."""
-    cancelled = threading.Event()
-    future = asyncio.get_running_loop().run_in_executor(
+    return await in_thread(
         executor,
-        lambda: exchange(
+        lambda cancelled: exchange(
             host,
             handle,
             session_id,
@@ -145,6 +147,15 @@ async def lane_call(  # noqa: PLR0917
             variables=variables,
         ),
     )
+
+
+async def in_thread(
+    executor: concurrent.futures.Executor, run: Callable[[threading.Event], T]
+) -> T:
+    """``run(cancelled)`` in ``executor``, awaited from the loop: cancelling the awaiting task
+    sets ``cancelled`` (``run`` then gives up and cancels its remote work) and does not wait."""
+    cancelled = threading.Event()
+    future = asyncio.get_running_loop().run_in_executor(executor, run, cancelled)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
@@ -185,8 +196,7 @@ def exchange(  # noqa: PLR0917
     except (OSError, lane.LaneClosed):
         host.settle(handle, calls=0, is_async=is_async)
         return NOT_DIRECT
-    wrapped_args = pickling.wrap_large(args)
-    wrapped_kwargs = dict(zip(kwargs, pickling.wrap_large(list(kwargs.values())), strict=True))
+    wrapped_args, wrapped_kwargs = pickling.wrap_call(args, kwargs)
     ref: str | FunctionRef = tool
     for attempt in range(2):
         ref = _reference(target, client, resend=attempt > 0)

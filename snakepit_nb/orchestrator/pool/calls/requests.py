@@ -94,8 +94,7 @@ def dumps_call(
     """
     name = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
     ref = None if isinstance(target, str) else pickling.dumps_function(target)
-    values = pickling.wrap_large([*args, *kwargs.values()])
-    call = (ref, values[: len(args)], dict(zip(kwargs, values[len(args) :], strict=True)))
+    call = (ref, *pickling.wrap_call(args, kwargs))
     try:
         return pickling.dumps(call, what=f"an argument of {name!r}")
     except InvalidArgumentError:

@@ -65,7 +65,8 @@ class Call:
     def tool(self) -> str:
         return target_name(self.target)
 
-    def request(self) -> pb.ExecuteToolRequest:
+    def request(self, packed: bytes | None = None) -> pb.ExecuteToolRequest:
+        """The call's request, built once (``packed``: its pickled arguments, packed already)."""
         if self._request is None:
             self._request = build_request(
                 self.session_id,
@@ -75,6 +76,7 @@ class Call:
                 self.metadata,
                 self.variables,
                 pickles=self.pickles,
+                packed=packed,
             )
         return self._request
 
@@ -94,16 +96,7 @@ class Call:
             )
         else:
             packed = pack_inline(message)
-        self._request = build_request(
-            self.session_id,
-            self.target,
-            self.args,
-            self.kwargs,
-            self.metadata,
-            self.variables,
-            pickles=True,
-            packed=packed,
-        )
+        self.request(packed)
 
     async def payload_for(
         self, host: PoolHost, handle: WorkerHandle, deadline: float | None
