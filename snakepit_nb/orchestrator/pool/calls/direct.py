@@ -54,6 +54,7 @@ __all__ = [
     "abandon",
     "direct_call",
     "exchange",
+    "for_lane",
     "gone_error",
     "in_thread",
     "lane_call",
@@ -235,7 +236,13 @@ def _reference(target: Target, client: LaneClient, *, resend: bool) -> str | Fun
     if isinstance(target, str):
         return target
     ref = pickling.dumps_function(target)
-    if ref.digest in client.functions and not resend:
+    return ref if resend else for_lane(ref, client)
+
+
+def for_lane(ref: str | FunctionRef, client: LaneClient) -> str | FunctionRef:
+    """``ref`` as it goes over ``client``'s lane: a function that worker incarnation has
+    already is sent as its digest alone."""
+    if isinstance(ref, FunctionRef) and ref.digest in client.functions:
         return FunctionRef(ref.digest, ref.name, None)
     return ref
 

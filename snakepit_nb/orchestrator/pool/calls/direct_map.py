@@ -33,6 +33,7 @@ from snakepit_nb.orchestrator.pool.calls.direct import (
     NOT_DIRECT,
     Target,
     abandon,
+    for_lane,
     gone_error,
     target_name,
 )
@@ -347,11 +348,7 @@ def direct_map(
             conn = client.checkout()
         except (OSError, lane.LaneClosed):
             continue
-        if isinstance(ref, FunctionRef) and ref.digest in client.functions:
-            worker_ref: str | FunctionRef = FunctionRef(ref.digest, ref.name, None)
-        else:
-            worker_ref = ref
-        workers.append(_Worker(handle, client, conn, worker_ref))
+        workers.append(_Worker(handle, client, conn, for_lane(ref, client)))
     if not workers:
         return NOT_DIRECT
     mapper = _Mapper(host, session_id, target, items, style, metadata, progress)
