@@ -62,7 +62,8 @@ class _Waiter:
 
 
 class Dispatcher:
-    """Hands out worker slots to calls; all methods run on the loop thread."""
+    """Hands out worker slots to calls; on the loop thread, except where a method says
+    "any thread"."""
 
     def __init__(self, handles: Sequence[WorkerHandle], *, max_queue: int) -> None:
         self._handles = list(handles)
@@ -78,7 +79,11 @@ class Dispatcher:
         self._hints: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._rotation = 0
         self.closed = False
+        # Guards the slot counts, which threads other than the loop's release; also
+        # ``_pumping``, so a release that lands while the pump holds the queued calls
+        # (out of their deque) still wakes them.
         self._lock = threading.Lock()
+        self._pumping = False
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -171,8 +176,16 @@ class Dispatcher:
         return incarnation
 
     def cancel_confirmed(self, handle: WorkerHandle, key: CancelKey, incarnation: int) -> None:
-        """From any thread: the worker answered the cancelled call ``key``."""
-        self._soon(lambda: handle.cancel_confirmed(key, incarnation))
+        """From any thread: the worker answered the cancelled call ``key``.
+
+        A worker with an unconfirmed cancel takes no new call, so the confirmation may
+        make room for a queued one: serve the queue after it."""
+
+        def record() -> None:
+            handle.cancel_confirmed(key, incarnation)
+            self.pump()
+
+        self._soon(record)
 
     def _soon(self, callback: Callable[[], None]) -> None:
         if running_on(self._loop):
@@ -197,7 +210,10 @@ class Dispatcher:
             handle.calls += calls
             handle.errors += errors
             handle.free_slot(is_async)
-        if self._queues[0] or self._queues[1]:
+            # Read under the lock: the pump takes the queued calls out of their deque while
+            # it works and puts back the ones it could not serve before it says it is done.
+            wake = self._pumping or bool(self._queues[0] or self._queues[1])
+        if wake:
             if running_on(self._loop):
                 self.pump()
             else:
@@ -205,8 +221,14 @@ class Dispatcher:
 
     def pump(self) -> None:
         """Give free slots to queued calls, oldest first within each kind."""
-        for is_async in (False, True):
-            self._pump_queue(is_async)
+        with self._lock:
+            self._pumping = True
+        try:
+            for is_async in (False, True):
+                self._pump_queue(is_async)
+        finally:
+            with self._lock:
+                self._pumping = False
 
     def _pump_queue(self, is_async: bool) -> None:
         waiters = self._queues[is_async]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -165,6 +167,62 @@ def test_a_worker_with_an_unconfirmed_cancel_takes_no_new_call() -> None:
         return got.worker_id
 
     assert run(body) == "w2"
+
+
+def test_a_confirmed_cancel_hands_the_worker_to_a_call_queued_behind_it() -> None:
+    # The lane's order after an interrupt: the slot is freed from the drain thread while the
+    # cancel is still unconfirmed (nothing queued yet, so nothing to wake), the next call
+    # queues, and only then does the confirmation come, from that thread too.
+    async def body() -> str:
+        (handle,) = ready(1)
+        dispatcher = Dispatcher([handle], max_queue=5)
+        held = await dispatcher.acquire("s", "none")
+        incarnation = dispatcher.cancel_sent(held, ("lane", 7), "slow")
+        await asyncio.to_thread(dispatcher.release, held, calls=1, errors=1)
+        waiter = asyncio.create_task(dispatcher.acquire("s", "none"))
+        await until(lambda: dispatcher.queue_length == 1)
+        await asyncio.to_thread(dispatcher.cancel_confirmed, held, ("lane", 7), incarnation)
+        got = await asyncio.wait_for(waiter, 2)
+        return got.worker_id
+
+    assert run(body) == "w1"
+
+
+class _ReleaseDuringPump:
+    """The dispatcher's lock, which lets another thread free ``handle``'s slot the first
+    time the pump lets go of it, while the pump holds the queued calls out of their deque."""
+
+    def __init__(self, dispatcher: Dispatcher, handle: WorkerHandle) -> None:
+        self.inner = threading.Lock()
+        self.dispatcher = dispatcher
+        self.handle = handle
+        self.fired = False
+
+    def __enter__(self) -> None:
+        self.inner.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.release()
+        if not self.fired and sys._getframe(1).f_code.co_name == "_pump_queue":
+            self.fired = True
+            other = threading.Thread(target=self.dispatcher.release, args=(self.handle,))
+            other.start()
+            other.join()
+
+
+def test_a_slot_freed_by_another_thread_while_the_pump_runs_is_not_lost() -> None:
+    async def body() -> tuple[bool, str]:
+        (handle,) = ready(1)
+        dispatcher = Dispatcher([handle], max_queue=5)
+        held = await dispatcher.acquire("s", "none")
+        seam = _ReleaseDuringPump(dispatcher, held)
+        dispatcher._lock = seam  # type: ignore[assignment]
+        got = await asyncio.wait_for(dispatcher.acquire("s", "none"), 2)
+        return seam.fired, got.worker_id
+
+    fired, worker = run(body)
+    assert fired  # the release did land inside the pump
+    assert worker == "w1"
 
 
 def test_queued_calls_fail_when_every_slot_was_given_up() -> None:
