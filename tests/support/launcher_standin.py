@@ -51,6 +51,23 @@ def pid_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def exec_finished(pid: int, timeout: float = 5.0) -> bool:
+    """Wait until ``pid``'s new program has its environment in ``/proc/<pid>/environ``.
+
+    ``Popen`` returns once the child's ``execve`` has passed the point of no return, but
+    the kernel fills in the new program's environment a little later; a scan of ``/proc``
+    in between reads an empty one (seen under load).
+    """
+
+    def readable() -> bool:
+        try:
+            return bool(Path(f"/proc/{pid}/environ").read_bytes())
+        except OSError:
+            return False
+
+    return wait_until(readable, timeout)
+
+
 def pid_exists(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 

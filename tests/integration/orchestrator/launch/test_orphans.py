@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from launcher_standin import (
+    exec_finished,
     pid_running,
     processes_with_marker,
     standin_argv,
@@ -255,7 +256,9 @@ def _sleeper(run_id: str | None) -> subprocess.Popen[bytes]:
     env.pop("SNAKEPIT_NB_POOL", None)
     if run_id is not None:
         env["SNAKEPIT_NB_POOL"] = run_id
-    return subprocess.Popen(["sleep", "30"], env=env, start_new_session=True)
+    proc = subprocess.Popen(["sleep", "30"], env=env, start_new_session=True)
+    assert exec_finished(proc.pid)
+    return proc
 
 
 def test_sweep_spares_unrelated_processes_and_drops_other_boot_rows(registry_dir: Path) -> None:

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from launcher_standin import pid_exists, pid_running, processes_with_marker, wait_until
+from launcher_standin import (
+    exec_finished,
+    pid_exists,
+    pid_running,
+    processes_with_marker,
+    wait_until,
+)
 from pool_support import pool_kwargs
 
 from snakepit_nb._errors import WorkerCrashedError
@@ -36,10 +42,12 @@ def _comm(pid: int) -> str:
 
 def _children_of_the_run(client: Any, n: int = 4) -> list[int]:
     """``n`` sleeping children, alternately in the worker's group and detached."""
-    return [
+    children = [
         client.session(f"spawner-{i}").call("spawn_child", seconds=120.0, detach=bool(i % 2))
         for i in range(n)
     ]
+    assert all(exec_finished(pid) for pid in children)
+    return children
 
 
 def _gone(pids: list[int], within: float = 2.0) -> bool:
