@@ -330,6 +330,31 @@ def test_functions_lambdas_and_closures_run_in_workers(client_factory: Any) -> N
     assert asyncio.run(go()) == (15, [11, 12])
 
 
+def test_a_short_map_of_slow_items_runs_them_side_by_side(
+    client_factory: Any, tmp_path: Path
+) -> None:
+    client = client_factory(workers=2)
+    s = client.session("side-by-side")
+    folder = str(tmp_path)
+
+    def meet(i: int) -> int:
+        # Each item says it is here, then waits for the other: both return only if they run
+        # at the same time, on two workers.
+        import os
+        import time
+
+        Path(folder, str(i)).touch()
+        deadline = time.monotonic() + 10
+        while len(os.listdir(folder)) < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"item {i} waited alone")
+            time.sleep(0.01)
+        return os.getpid()
+
+    pids = s.map(meet, [0, 1], progress=False)
+    assert len(set(pids)) == 2
+
+
 def test_a_function_is_sent_again_to_a_new_worker_incarnation(client_factory: Any) -> None:
     client = client_factory(workers=1)
     s = client.session("again")

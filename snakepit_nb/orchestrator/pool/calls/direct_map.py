@@ -1,9 +1,10 @@
 """``map`` from the caller's own thread: chunks pickled, pipelined over the workers' lanes.
 
 The calling thread cuts the items into chunks, keeps :data:`DEPTH` chunks in flight on each
-worker's lane (one running, the next already waiting in its socket), and waits on all the
-lanes at once (``selectors``). A worker runs a whole chunk in one loop (``f(x)`` for each
-item), so the cost per item is a few hundred nanoseconds on either side.
+worker's lane (one running, the next already waiting in its socket; one alone for items slower
+than a chunk should take), and waits on all the lanes at once (``selectors``). A worker runs a
+whole chunk in one loop (``f(x)`` for each item), so the cost per item is a few hundred
+nanoseconds on either side.
 
 Chunks are sized by time and bytes: the first ones are small, then each is made to take about
 :data:`TARGET_SECONDS` of the worker's time (as measured so far), within
@@ -216,23 +217,7 @@ class _Mapper:
             selector.register(worker.conn.sock, selectors.EVENT_READ, worker)
         try:
             while True:
-                alive = [w for w in workers if not w.dead]
-                for worker in alive:
-                    while len(worker.inflight) < DEPTH:
-                        chunk = self._next_chunk(len(alive))
-                        if chunk is None:
-                            break
-                        self.host.dispatcher.take(worker.handle)
-                        try:
-                            self._send(worker, *chunk)
-                        except (OSError, lane.LaneClosed):
-                            self.host.settle(worker.handle, calls=0)
-                            self.todo.appendleft(chunk)
-                            self._drop(selector, worker)
-                            break
-                        except BaseException:
-                            self.host.settle(worker.handle, calls=0)
-                            raise
+                self._fill([w for w in workers if not w.dead], selector)
                 if not any(w.inflight for w in workers if not w.dead):
                     if self.todo or self.next_start < len(self.items):
                         if self.done == 0 and not self.failed:
@@ -273,6 +258,34 @@ class _Mapper:
             (False, self.failed[i]) if i in self.failed else (True, v)
             for i, v in enumerate(self.results)
         ]
+
+    def _fill(self, alive: list[_Worker], selector: selectors.BaseSelector) -> None:
+        """Give each worker its next chunk, one worker after the other, up to the depth.
+
+        Round by round, so the chunks of a short map of slow items go to different workers.
+        Pipelining hides the round trip between two chunks; once one item takes longer than
+        a chunk should (:data:`TARGET_SECONDS`), the round trip is small beside it, and a
+        chunk waiting behind another on one worker while a second worker sits idle at the
+        end costs more: then each worker has one chunk at a time.
+        """
+        depth = 1 if self.per_item >= TARGET_SECONDS else DEPTH
+        for level in range(depth):
+            for worker in alive:
+                if worker.dead or len(worker.inflight) > level:
+                    continue
+                chunk = self._next_chunk(len(alive))
+                if chunk is None:
+                    return
+                self.host.dispatcher.take(worker.handle)
+                try:
+                    self._send(worker, *chunk)
+                except (OSError, lane.LaneClosed):
+                    self.host.settle(worker.handle, calls=0)
+                    self.todo.appendleft(chunk)
+                    self._drop(selector, worker)
+                except BaseException:
+                    self.host.settle(worker.handle, calls=0)
+                    raise
 
     def _drop(self, selector: selectors.BaseSelector, worker: _Worker) -> None:
         """Stop using ``worker``'s lane (it broke): its chunks in flight are lost."""
