@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
-.PHONY: demo test lint typecheck stubs-check check bench bench-quick clean
+.PHONY: demo test lint typecheck stubs-check tables-check check bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,10 @@ typecheck: $(STAMP)
 stubs-check: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
 
-check: lint typecheck stubs-check
+tables-check: $(STAMP)
+	$(BIN)/python scripts/bench_table.py --check
+
+check: lint typecheck stubs-check tables-check
 
 # Side-by-side benchmarks (JSON); the full run updates benchmarks/results/.
 bench: $(STAMP)

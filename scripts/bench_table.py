@@ -1,14 +1,17 @@
-"""Print the README's speed table from the benchmark results; ``--write`` puts it in README.md.
+"""Print the README's speed table from the benchmark results; ``--write`` puts it in the READMEs.
 
     .venv/bin/python scripts/bench_table.py            # print the markdown table
-    .venv/bin/python scripts/bench_table.py --write    # replace it in README.md
+    .venv/bin/python scripts/bench_table.py --write    # replace it in README.md and benchmarks/
+    .venv/bin/python scripts/bench_table.py --check    # fail if a README's table is stale
 
 Reads ``benchmarks/results/bench_data.json`` (the data plane against its peers) and
 ``benchmarks/results/bench_calls.json`` (calls and streams against raw gRPC, start-up), both
 written by full runs of those benchmarks. Every row is one measurement, the baseline measured in
 the same run, their ratio (snakepit_nb / baseline of the quantity measured: for a time lower is
 better, for a rate higher), the target and whether the run met it. ``--write`` replaces only
-the text between the ``<!-- speed-table:start -->`` and ``<!-- speed-table:end -->`` markers.
+the text between the ``<!-- speed-table:start -->`` and ``<!-- speed-table:end -->`` markers of
+each README that shows the table; ``--check`` (part of ``make check``) fails when one of them
+differs from what the results give.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+READMES = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
 START = "<!-- speed-table:start -->"
 END = "<!-- speed-table:end -->"
 
@@ -313,27 +317,57 @@ def table(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(readme: Path, text: str) -> None:
+def _region(readme: Path) -> tuple[str, int, int]:
     content = readme.read_text()
     start, end = content.find(START), content.find(END)
     if start < 0 or end < start:
         raise SystemExit(
             f"{readme} has no {START} ... {END} region; add both markers around the speed table"
         )
-    head = content[: start + len(START)]
-    readme.write_text(head + "\n" + text + content[end:])
+    return content, start + len(START), end
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def write(readme: Path, text: str) -> None:
+    content, start, end = _region(readme)
+    readme.write_text(content[:start] + "\n" + text + content[end:])
+
+
+def is_current(readme: Path, text: str) -> bool:
+    content, start, end = _region(readme)
+    return content[start:end] == "\n" + text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--write", action="store_true", help="replace the table in README.md")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--write", action="store_true", help="replace the table in the READMEs")
+    what.add_argument("--check", action="store_true", help="fail if a README's table is stale")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the results folder")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument(
+        "--readme", type=Path, action="append", help="a README to write or check (default: both)"
+    )
     args = parser.parse_args()
+    readmes = args.readme or list(READMES)
     text = table(args.results)
     if args.write:
-        write(args.readme, text)
-        print(f"wrote the speed table into {args.readme}", file=sys.stderr)
+        for readme in readmes:
+            write(readme, text)
+            print(f"wrote the speed table into {_shown(readme)}", file=sys.stderr)
+    elif args.check:
+        stale = [_shown(readme) for readme in readmes if not is_current(readme, text)]
+        if stale:
+            raise SystemExit(
+                f"the speed table in {', '.join(stale)} does not match benchmarks/results/; "
+                "run .venv/bin/python scripts/bench_table.py --write"
+            )
+        print("speed tables match the benchmark results", file=sys.stderr)
     else:
         print(text, end="")
 
