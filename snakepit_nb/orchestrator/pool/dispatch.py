@@ -158,7 +158,7 @@ class Dispatcher:
             return handle
 
     def take(self, handle: WorkerHandle, *, is_async: bool = False) -> None:
-        """Count one more call on ``handle`` without asking (a map keeps a worker fed)."""
+        """Count one more call on ``handle`` without asking (any thread; a map keeps it fed)."""
         with self._lock:
             handle.take_slot(is_async)
 
