@@ -351,8 +351,10 @@ def abandon(  # noqa: PLR0917
                 for fd in fds:
                     os.close(fd)
                 due -= 1
-                dispatcher.cancel_confirmed(handle, ("lane", next(answered)), incarnation)
+                # Free the slot first: confirming makes the worker eligible again, and a call
+                # queued for it may start the moment the loop records that.
                 host.settle(handle, calls=1, errors=1, is_async=is_async)
+                dispatcher.cancel_confirmed(handle, ("lane", next(answered)), incarnation)
         except (OSError, lane.LaneClosed):
             client.discard(conn)
         else:
