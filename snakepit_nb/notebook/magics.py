@@ -494,7 +494,7 @@ class SnakepitMagics(Magics):
         try:
             for handle in list(rt.streams):
                 handle.wait_quietly(timeout)
-            rt.pump.wait_idle(timeout)
+            rt.pump.wait_idle(timeout, resend=True)
         except TimeoutError:
             running = [h.tool for h in rt.streams if not h.done()]
             raise TimeoutError(

@@ -132,9 +132,10 @@ class NotebookRuntime:
                     view.close()
             if views and get_loop_thread().is_alive():
                 # Their final states go out now, while this cell runs: a saved notebook shows
-                # "pool stopped", not the last live frame.
+                # "pool stopped", not the last live frame, nor one a render between two
+                # cells left out (see UIPump.resend_unsaved).
                 with contextlib.suppress(Exception):
-                    self.pump.wait_idle(timeout=5)
+                    self.pump.wait_idle(timeout=5, resend=True)
                 # And whatever a view's own end left undone (a feed that ended late): its
                 # last frame and fallbacks, rendered on the loop before this cell returns.
                 with contextlib.suppress(Exception):

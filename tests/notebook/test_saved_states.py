@@ -2,16 +2,19 @@
 
 A pool widget after ``%snakepit stop`` says the pool stopped (its widget state and its text and
 HTML fallbacks); a variable watch that was never stopped shows the latest value in its text
-fallback, not the first snapshot.
+fallback, not the first snapshot; a slider that moved between two cells is in the state
+``%snakepit wait`` and ``%snakepit stop`` record.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import nbformat
 import pytest
+from kernels import Kernel
 from nbclient import NotebookClient
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
@@ -88,3 +91,61 @@ def test_saved_notebook_shows_the_stopped_pool_and_the_latest_watched_value() ->
     (watch_table,) = with_class(states, "snakepit-watch-table")
     assert "watch ended" in watch_table["value"]
     assert "1.5" in json.dumps(watch_output["data"]["text/html"])
+
+
+# A write that lands between two cells, from a thread the first cell started: the pump renders
+# it after that cell went idle, so its messages carry that cell's request and a notebook runner
+# (which records only the running cell's messages) never sees them.
+LATE_WRITE = (
+    "import threading\n"
+    "from snakepit_nb.notebook.runtime import runtime_for\n"
+    "_s = runtime_for(get_ipython()).session()\n"
+    "threading.Timer(0.5, lambda: _s.vars.__setitem__('temperature', {value})).start()\n"
+)
+
+
+def slider_updates(messages: list[dict[str, Any]], model_id: str) -> list[Any]:
+    return [
+        m["content"]["data"]["state"]["value"]
+        for m in messages
+        if m["msg_type"] == "comm_msg"
+        and m["content"]["comm_id"] == model_id
+        and "value" in m["content"]["data"].get("state", {})
+    ]
+
+
+def await_slider(kernel: Kernel, model_id: str, value: float, timeout: float = 20) -> str:
+    """Read IOPub until the slider's update to ``value``; returns the request it carries."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"the slider never showed {value}"
+        msg = kernel.kc.get_iopub_msg(timeout=remaining)
+        if slider_updates([msg], model_id) == [value]:
+            return str(msg["parent_header"].get("msg_id"))
+
+
+def test_wait_and_stop_send_again_what_was_rendered_between_cells(kernel: Kernel) -> None:
+    for line in (
+        "%snakepit start -n 1",
+        "%snakepit var set temperature 0.5 --type float --min 0 --max 2",
+    ):
+        reply, _ = kernel.execute(line)
+        assert reply["status"] == "ok", reply
+    reply, messages = kernel.execute("%snakepit var watch temperature")
+    assert reply["status"] == "ok", reply
+    (slider_id,) = [
+        m["content"]["comm_id"]
+        for m in messages
+        if m["msg_type"] == "comm_open"
+        and "snakepit-var-temperature" in m["content"]["data"]["state"].get("_dom_classes", [])
+    ]
+
+    for value, closing in ((1.25, "%snakepit wait"), (1.75, "%snakepit stop")):
+        late_cell = kernel.kc.execute(LATE_WRITE.format(value=value))
+        # The slider moves half a second after the cell, which had nothing left to do: its
+        # message carries that cell's request, so a notebook runner would not record it.
+        assert await_slider(kernel, slider_id, value) == late_cell
+        reply, messages = kernel.execute(closing)
+        assert reply["status"] == "ok", reply
+        assert value in slider_updates(messages, slider_id), (closing, messages)

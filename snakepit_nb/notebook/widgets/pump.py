@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Protocol
 
@@ -51,6 +52,9 @@ class LiveView(Protocol):
     def waits(self) -> bool:
         """True when ``%snakepit wait`` should wait for this view to finish."""
 
+    def resend(self) -> int:
+        """Send the whole current state of the widgets again; return the messages sent."""
+
 
 class UIPump:
     """Coalesces live-view updates into at most ``hz`` renders a second within a message budget.
@@ -74,6 +78,9 @@ class UIPump:
         self.budget = budget
         self._views: list[LiveView] = []
         self._last_render: dict[int, float] = {}
+        # Views that sent messages since the last resend_unsaved (see there); weak, so a
+        # finished view nobody holds can go.
+        self._unsaved: weakref.WeakSet[LiveView] = weakref.WeakSet()
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -196,6 +203,8 @@ class UIPump:
                 continue
             self._tokens -= n
             sent += n
+            if n:
+                self._unsaved.add(view)
             self.renders += 1
             self._last_render[id(view)] = self._clock()
         for view in list(self._views):
@@ -232,17 +241,39 @@ class UIPump:
         self.poke()
         await fut
 
-    def wait_idle(self, timeout: float | None = None) -> None:
+    def wait_idle(self, timeout: float | None = None, *, resend: bool = False) -> None:
         """Block the calling (non-loop) thread until :meth:`await_idle` returns.
 
-        Raises TimeoutError after ``timeout`` seconds; a KeyboardInterrupt stops waiting
-        without cancelling the views.
+        With ``resend``, then :meth:`resend_unsaved`, in the same visit to the loop. Raises
+        TimeoutError after ``timeout`` seconds; a KeyboardInterrupt stops waiting without
+        cancelling the views.
         """
 
         async def _wait() -> None:
             await asyncio.wait_for(self.await_idle(), timeout)
+            if resend:
+                self.resend_unsaved()
 
         self.loop_thread.run(_wait())
+
+    def resend_unsaved(self) -> int:
+        """Send again the whole state of every view that rendered since the last time.
+
+        Loop thread only; returns the messages sent. ipykernel stamps a message sent from this
+        thread with the request of the last cell that began. A render that lands after that
+        cell went idle, before the next one begins, reaches a browser but not a saved
+        notebook: nbclient records only the messages of the cell it is running. ``%snakepit
+        wait`` and ``%snakepit stop`` call this, so their cell carries every final state.
+        """
+        views, self._unsaved = list(self._unsaved), weakref.WeakSet()
+        sent = 0
+        for view in views:
+            try:
+                sent += view.resend()
+            except Exception:  # one broken view must not keep the others' state out
+                log.exception("snakepit_nb: a live view failed to resend its state")
+        self.messages_sent += sent
+        return sent
 
     async def aclose(self) -> None:
         """Stop pumping (loop thread). Views keep their last rendered state."""

@@ -141,6 +141,18 @@ class DisplayedView:
             self._fallback_stale = True
         return self.refresh_fallback() if self.fallback_due() else 0
 
+    def resend(self) -> int:
+        """Send every widget's whole state again, then the fallbacks; returns the messages."""
+        sent = 0
+        stack = [self.box]
+        while stack:
+            widget = stack.pop()
+            if getattr(widget, "comm", None) is not None:
+                widget.send_state()
+                sent += 1
+            stack.extend(getattr(widget, "children", ()))
+        return sent + self.refresh_fallback()
+
     @staticmethod
     def set_value(widget: Any, value: object, trait: str = "value") -> int:
         """Write one trait if it changed; returns the comm messages that sent (0 or 1)."""
