@@ -19,23 +19,12 @@ anything heavy is imported (its pages stay shared), and nothing while it waits.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-import select
-import signal
 import sys
-import time
+
+from snakepit_nb._processes import LAUNCH_ENV, guard, marked_processes
 
 __all__ = ["LAUNCH_ENV", "marked_processes", "start_guardian"]
-
-LAUNCH_ENV = "SNAKEPIT_NB_LAUNCH"
-"""The launch marker: ``<run id>.<launch id>``, unique to one start of one worker."""
-
-_PR_SET_NAME = 15
-_ROUNDS = 3
-_ROUND_PAUSE = 0.02
-_IGNORED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGPIPE")
 
 
 def start_guardian(launch: str | None = None) -> int | None:
@@ -62,7 +51,7 @@ def start_guardian(launch: str | None = None) -> int | None:
         code = 0
         try:
             os.close(ready_r)
-            _guard(worker, group, marker, ready_w)
+            guard(worker, group, marker, ready_w, name=b"snakepit-guard")
         except BaseException:
             code = 1
         finally:
@@ -73,65 +62,3 @@ def start_guardian(launch: str | None = None) -> int | None:
     finally:
         os.close(ready_r)
     return pid
-
-
-def _guard(worker: int, group: int | None, marker: str, ready_fd: int) -> None:
-    for name in _IGNORED:
-        with contextlib.suppress(OSError, ValueError):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(_PR_SET_NAME, b"snakepit-guard", 0, 0, 0)
-    try:
-        pidfd: int | None = os.pidfd_open(worker)
-    except OSError:
-        pidfd = None
-    os.write(ready_fd, b"1")
-    os.close(ready_fd)
-    if pidfd is not None:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        while not poller.poll():  # readable exactly when the worker has exited
-            pass
-    else:
-        while os.getppid() == worker:
-            time.sleep(0.05)
-    take_down(group, marker)
-
-
-def take_down(group: int | None, marker: str) -> None:
-    """SIGKILL the process group ``group`` (if any) and every process carrying ``marker``."""
-    me = os.getpid()
-    for round_ in range(_ROUNDS):
-        if group is not None and group != os.getpgrp():
-            with contextlib.suppress(OSError):
-                os.killpg(group, signal.SIGKILL)
-        if marker:
-            for pid in marked_processes(marker):
-                if pid != me:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
-        if round_ < _ROUNDS - 1:
-            time.sleep(_ROUND_PAUSE)
-
-
-def marked_processes(marker: str) -> list[int]:
-    """Pids whose environment carries ``SNAKEPIT_NB_LAUNCH=<marker>`` (readable ones: ours)."""
-    needle = f"{LAUNCH_ENV}={marker}".encode()
-    found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                environ = fh.read()
-        except OSError:
-            continue  # gone, or another user's
-        if needle in environ.split(b"\0"):
-            found.append(int(entry))
-    return found

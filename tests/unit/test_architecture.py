@@ -133,6 +133,12 @@ def test_leaf_modules_import_only_the_error_hierarchy() -> None:
     assert bad == []
 
 
+def test_the_warden_module_imports_nothing_of_ours() -> None:
+    # The warden runs snakepit_nb/_processes.py as a script of a bare interpreter (-I -S),
+    # without the package on the path.
+    assert GRAPH["snakepit_nb._processes"] == set()
+
+
 def test_there_are_no_import_cycles() -> None:
     # Tarjan's strongly connected components over module -> module edges (package __init__
     # files that only re-export are nodes too: a cycle through one is a cycle).

@@ -54,6 +54,10 @@ from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+# ``<run id>.<launch id>``: unique to one start of one worker and inherited by every process
+# its tools start; the worker's guardian ends them by it when the worker is gone.
+from snakepit_nb._processes import LAUNCH_ENV
+
 if TYPE_CHECKING:
     from snakepit_nb.protocol.tls import TlsIdentity
 
@@ -82,10 +86,6 @@ TOKEN_ENV = "SNAKEPIT_NB_TOKEN"
 WORKER_ID_ENV = "SNAKEPIT_NB_WORKER_ID"
 PARENT_PID_ENV = "SNAKEPIT_NB_PARENT_PID"
 SOCKET_DIR_ENV = "SNAKEPIT_NB_SOCKET_DIR"
-# ``<run id>.<launch id>``: unique to one start of one worker and inherited by every process
-# its tools start; the worker's guardian (``snakepit_nb.worker.guardian``, same name) ends
-# them by it when the worker is gone.
-LAUNCH_ENV = "SNAKEPIT_NB_LAUNCH"
 #: A private directory where a worker on this machine opens its lane (protocol/lane.py);
 #: set to "" in a pool's ``env=`` to serve no lane (every call then goes over gRPC).
 LANE_DIR_ENV = "SNAKEPIT_NB_LANE_DIR"

@@ -1,7 +1,7 @@
 """The Ray launcher: each worker a Ray actor on a Ray cluster, gRPC staying the data plane.
 
     >>> client = sp.start(workers=4, launcher=sp.RayLauncher(address="ray://head:10001"))
-    >>> client = sp.start(launcher="ray")         # RAY_ADDRESS, else a local ray.init()
+    >>> client = sp.start(launcher="ray")         # RAY_ADDRESS, else a local Ray of our own
 
 Ray places the workers and we write no scheduler: each worker is a
 :class:`~snakepit_nb.orchestrator.launch.ray_host.WorkerHost` actor (``num_cpus``,
@@ -47,6 +47,7 @@ from snakepit_nb.orchestrator.launch.base import (
     describe_exit,
 )
 from snakepit_nb.orchestrator.launch.ray_host import WorkerHost, machine_id
+from snakepit_nb.orchestrator.launch.ray_local import start_local_ray, track_local_ray
 from snakepit_nb.orchestrator.launch.registry import check_id
 from snakepit_nb.protocol.tls import TlsIdentity
 
@@ -248,8 +249,9 @@ class RayLauncher(Launcher):
     """Starts workers as Ray actors; see the module docstring.
 
     ``address``: the Ray cluster (``"auto"``, ``"ray://HOST:10001"``, ``"HOST:6379"``);
-    default ``RAY_ADDRESS``, else a local ``ray.init()`` on loopback without a dashboard. When
-    Ray is already initialized in this process, that connection is used. ``num_cpus``,
+    default ``RAY_ADDRESS``, else a Ray of our own on loopback without a dashboard, which ends
+    with this process however it ends (``ray_local.py``). When Ray is already initialized in
+    this process, that connection is used. ``num_cpus``,
     ``num_gpus``, ``resources`` and ``runtime_env`` are each worker actor's Ray options;
     ``placement``: ``"spread"`` (default: across nodes), ``"pack"``, or a Ray scheduling
     strategy. ``tls``: None (TLS unless every node is on this machine), True or False (False
@@ -319,15 +321,8 @@ class RayLauncher(Launcher):
 
             address = self.address or os.environ.get("RAY_ADDRESS") or None
             if address is None:
-                # A cluster of one, on loopback, without the dashboard and without Ray's usage
-                # report (it would try to reach the internet).
-                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-                ray.init(
-                    include_dashboard=False,
-                    _node_ip_address="127.0.0.1",
-                    logging_level=logging.WARNING,
-                    log_to_driver=False,
-                )
+                # A cluster of one, on loopback, that ends with this process.
+                start_local_ray(ray)
             else:
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         if self.tls_mode is None:
@@ -430,6 +425,8 @@ class RayLauncher(Launcher):
         if self._closed:
             await worker.stop(0.5)
             raise ClosedError(f"the launcher was closed while worker {spec.worker_id} started")
+        # A worker's start may have brought up more of a local Ray of ours (its agents).
+        await asyncio.to_thread(track_local_ray)
         return worker
 
     def _kill_actor(self, actor: Any) -> None:

@@ -12,7 +12,9 @@ when the worker is stopped and reaped. The next launcher to start calls
 What a row records: the run id (the marker every process of the run carries in its
 environment, ``SNAKEPIT_NB_POOL=<run_id>``, inherited by whatever the tools start), the launch
 id (``SNAKEPIT_NB_LAUNCH=<run_id>.<launch_id>``, one start of one worker), the kernel's pid and
-start time, the boot id, and the worker's pid, process group and start time.
+start time, the boot id, and the worker's pid, process group and start time; a row may also
+list more processes of its launch by pid and start time (``tracked``), for processes whose
+marker cannot be read (a local Ray's agents rewrite their title over their environment).
 
 Safety rules of the sweep (it must never kill an unrelated process):
 
@@ -20,10 +22,12 @@ Safety rules of the sweep (it must never kill an unrelated process):
   their pids mean nothing now;
 * rows whose kernel is still alive (pid *and* start time match) belong to another running
   notebook and are left alone;
-* a process is killed only if its environment carries the marker of a stale row's run *and*
-  it started after that run's kernel did. Run ids are random, so the marker names the run;
+* a process found by its marker is killed only if it carries the marker of a stale row's run
+  *and* it started after that run's kernel did. Run ids are random, so the marker names the run;
   the start time rules out a process that merely reuses a recorded pid, or that copied the
-  environment before the run existed. Processes of other users are never looked at.
+  environment before the run existed. Processes of other users are never looked at;
+* a tracked process is killed only if its start time is the one recorded, so a pid reused
+  since is left alone.
 
 The registry lives in ``$SNAKEPIT_NB_REGISTRY_DIR`` if set, else
 ``$XDG_RUNTIME_DIR/snakepit_nb/registry``, else ``~/.cache/snakepit_nb/registry``; one small
@@ -129,6 +133,9 @@ class RegistryRow:
     start_time: float | None = None
     state: str = "reserved"  # "reserved" | "active"
     written_at: float = field(default_factory=time.time)
+    #: More processes of the launch, pid (as text) -> start time, for those whose marker may
+    #: not be readable (a process that rewrites its title overwrites its environment).
+    tracked: dict[str, float] = field(default_factory=dict)
 
     @property
     def file_name(self) -> str:
@@ -195,6 +202,14 @@ class ProcessRegistry:
         )
         self._write(active)
         return active
+
+    def track(self, row: RegistryRow, processes: dict[int, float]) -> RegistryRow:
+        """Add ``processes`` (pid -> start time) to what a sweep ends for ``row``."""
+        tracked = dict(row.tracked)
+        tracked.update({str(pid): start for pid, start in processes.items()})
+        updated = replace(row, tracked=tracked, written_at=time.time())
+        self._write(updated)
+        return updated
 
     def remove(self, row: RegistryRow) -> None:
         """Forget a row (the worker was stopped and reaped, or never started)."""
@@ -293,7 +308,16 @@ class ProcessRegistry:
             )
         me = os.getpid()
         victims: list[psutil.Process] = []
+        for row in rows:
+            for text, start in row.tracked.items():
+                with contextlib.suppress(ValueError, psutil.Error):
+                    proc = psutil.Process(int(text))
+                    if proc.pid != me and abs(proc.create_time() - start) < _START_TIME_TOLERANCE:
+                        victims.append(proc)
+        seen = {proc.pid for proc in victims}
         for proc in psutil.process_iter():
+            if proc.pid in seen:
+                continue
             if proc.pid == me:
                 continue
             marker = _marker(proc)

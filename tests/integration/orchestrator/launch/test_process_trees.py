@@ -8,6 +8,7 @@ so "no process of the run" is checked by scanning ``/proc`` for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -29,6 +30,12 @@ from launcher_standin import (
 from pool_support import pool_kwargs
 
 from snakepit_nb._errors import WorkerCrashedError
+from snakepit_nb.orchestrator.launch.registry import (
+    ProcessRegistry,
+    RegistryRow,
+    boot_id,
+    process_start_time,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -213,3 +220,72 @@ def test_the_worker_adopts_its_tools_orphans_and_reaps_them(
     assert _parent(orphan) == worker_pid  # its shell is gone: the worker adopted it
     assert wait_until(lambda: not pid_exists(orphan), 15.0), "the exited orphan was not reaped"
     assert s.call("add", a=1, b=1) == 2
+
+
+# An owner with many threads (a kernel) cannot fork a guardian; it starts a warden, which also
+# takes pids to end. The tracked sleep carries no marker, as a process looks that set its title
+# over its environment (Ray's agents do).
+WARDED_OWNER = """
+import subprocess, sys
+from snakepit_nb._processes import start_warden
+warden = start_warden("warden-test." + sys.argv[1])
+tracked = subprocess.Popen(["sleep", "60"], start_new_session=True)
+untracked = subprocess.Popen(["sleep", "60"], start_new_session=True)
+assert warden.track([tracked.pid]) and not warden.track([tracked.pid])  # sent once
+print(warden.pid, tracked.pid, untracked.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_warden_ends_what_its_owner_tracked_and_nothing_else() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", WARDED_OWNER, os.urandom(4).hex()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as owner:
+        assert owner.stdout is not None
+        warden, tracked, untracked = (int(w) for w in owner.stdout.readline().split())
+        try:
+            assert exec_finished(tracked)
+            assert pid_running(warden)
+            owner.kill()  # no cleanup runs in the owner
+            owner.wait()
+            assert _gone([tracked, warden])
+            assert pid_running(untracked)  # not the owner's to end
+        finally:
+            with contextlib.suppress(OSError):
+                os.kill(untracked, signal.SIGKILL)
+
+
+def test_the_sweep_ends_a_dead_runs_tracked_processes_by_pid_and_start_time(
+    tmp_path: Path,
+) -> None:
+    registry = ProcessRegistry(tmp_path)
+    tracked = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    reused = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert exec_finished(tracked.pid)
+        assert exec_finished(reused.pid)
+        started = {p.pid: process_start_time(p.pid) for p in (tracked, reused)}
+        dead_run = RegistryRow(
+            run_id="dead-run",
+            worker_id="ray",
+            launch_id="ray-0",
+            kernel_pid=2**22 + 17,  # above any pid_max: that kernel is gone
+            kernel_start_time=1.0,
+            boot_id=boot_id(),
+        )
+        # `reused` stands for a process that took a tracked pid over: another start time.
+        registry.track(
+            dead_run, {tracked.pid: started[tracked.pid], reused.pid: started[reused.pid] - 5}
+        )
+        report = registry.sweep(grace=1.0)
+        assert report.killed == [tracked.pid]
+        assert tracked.wait(5) == -signal.SIGTERM
+        assert reused.poll() is None
+        assert registry.rows() == []
+    finally:
+        for proc in (tracked, reused):
+            proc.kill()
+            proc.wait()
