@@ -95,24 +95,34 @@ def guard(
         pending = b""
         while True:
             events = poller.poll()
-            if any(fd == pidfd for fd, _ in events):
-                break
-            if tracked_fd is not None and events:
+            if tracked_fd is not None and any(fd == tracked_fd for fd, _ in events):
+                # Also when the owner just died: what it sent before counts.
                 data = os.read(tracked_fd, 65536)
                 if not data:
                     poller.unregister(tracked_fd)
                     tracked_fd = None
-                    continue
                 *lines, pending = (pending + data).split(b"\n")
-                for line in lines:
-                    with contextlib.suppress(ValueError):
-                        pid, ticks = (int(word) for word in line.split())
-                        if len(tracked) < _MAX_TRACKED:
-                            tracked[pid] = ticks
+                _parse_tracked(lines, tracked)
+            if any(fd == pidfd for fd, _ in events):
+                break
+        if tracked_fd is not None:
+            os.set_blocking(tracked_fd, False)
+            with contextlib.suppress(OSError):
+                while data := os.read(tracked_fd, 65536):
+                    *lines, pending = (pending + data).split(b"\n")
+                    _parse_tracked(lines, tracked)
     else:
         while os.getppid() == owner:
             time.sleep(0.05)
     take_down(group, marker, tracked)
+
+
+def _parse_tracked(lines: list[bytes], tracked: dict[int, int]) -> None:
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            pid, ticks = (int(word) for word in line.split())
+            if len(tracked) < _MAX_TRACKED:
+                tracked[pid] = ticks
 
 
 def take_down(group: int | None, marker: str, tracked: Mapping[int, int] | None = None) -> None:
