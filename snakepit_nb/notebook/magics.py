@@ -8,7 +8,7 @@
     x = %snakepit call TOOL a=1 b='text' c={notebook_var} [--timeout S] [-s SESSION]
     h = %snakepit stream TOOL n=5 [--bg] [--tail N]
     %snakepit var set NAME VALUE [--type float --min 0 --max 2] | get | list | del | history
-                  | rollback NAME VERSION | watch [NAME ...]
+                  | rollback NAME VERSION | watch [NAME ...] [--follow [--count N] [--timeout S]]
     %snakepit wait [--timeout S]
 
 Every subcommand returns its result, so ``x = %snakepit ...`` assigns it. Values are Python
@@ -20,6 +20,7 @@ usage line. A kernel interrupt during a blocking call cancels the remote call.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +30,15 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from . import parsers
 from .arguments import expand_word, parse_value, split_arguments, split_words
 from .cell_tools import define_cell_tool
-from .reprs import History, RecordList, ReloadResult, SessionTable, ToolTable
+from .reprs import (
+    History,
+    RecordList,
+    ReloadResult,
+    SessionTable,
+    ToolTable,
+    WatchSnapshot,
+    change_line,
+)
 from .runtime import DEFAULT_SESSION, NotebookRuntime
 from .widgets.view import in_kernel
 
@@ -372,6 +381,10 @@ class SnakepitMagics(Magics):
             except ValueError:
                 raise UsageError(f"VERSION must be a whole number, not {names[1]!r}") from None
             return variables.rollback(names[0], version)
+        if args.follow:
+            return self._var_follow(session, names, args.count, args.timeout)
+        if args.count is not None or args.timeout is not None:
+            raise UsageError("--count and --timeout go with var watch --follow")
         return self._var_watch(session, names)
 
     def _cmd_dspy(self, args: Any, _: dict[str, Any]) -> Any:
@@ -415,13 +428,54 @@ class SnakepitMagics(Magics):
             return variables.set(name, value, expected_version=args.expected_version)
         return variables.assign(name, value)  # define (type inferred) or set
 
+    def _var_follow(
+        self, session: Any, names: list[str], count: int | None, timeout: float | None
+    ) -> WatchSnapshot:
+        """Print changes as lines until Ctrl-C, ``count`` changes or ``timeout`` seconds."""
+        if count is not None and count < 1:
+            raise UsageError("--count must be at least 1")
+        if timeout is not None and timeout <= 0:
+            raise UsageError("--timeout must be a positive number of seconds")
+        variables = session.vars
+        ends = ["Ctrl-C"]
+        if count is not None:
+            ends.append(f"{count} change{'s' if count != 1 else ''}")
+        if timeout is not None:
+            ends.append(f"{timeout:g} s")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = 0
+        with variables.watch(*names, include_initial=False) as feed:
+            print(
+                f"following {', '.join(names) or 'every variable'} of session {session.id!r} "
+                f"until {' or '.join(ends)}",
+                flush=True,
+            )
+            try:
+                while count is None or seen < count:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    try:
+                        change = feed.next(timeout=remaining)
+                    except (TimeoutError, StopIteration):
+                        break
+                    seen += 1
+                    print(change_line(change), flush=True)
+            except KeyboardInterrupt:
+                pass  # how a follow is meant to end
+        return self._watch_snapshot(variables, names)
+
+    @staticmethod
+    def _watch_snapshot(variables: Any, names: list[str]) -> WatchSnapshot:
+        return WatchSnapshot([variables.info(n) for n in names] if names else variables.list())
+
     def _var_watch(self, session: Any, names: list[str]) -> Any:
         from .widgets.watch import WatchView
 
         variables = session.vars
-        records = [variables.info(n) for n in names] if names else list(variables.list())
         if not self._live():
-            return RecordList(records)
+            return self._watch_snapshot(variables, names)
+        records = [variables.info(n) for n in names] if names else list(variables.list())
         histories: dict[str, list[float]] = {}
         for record in records:
             if record.type in ("float", "integer"):

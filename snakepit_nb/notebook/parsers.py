@@ -142,6 +142,14 @@ def stream(**_: Any) -> None:
 @argument("--description", help="set: what the variable is for")
 @argument("--expected-version", type=int, help="set: write only if still at this version")
 @argument("-n", "--last", type=int, help="history: only the last N versions")
+@argument(
+    "--follow",
+    action="store_true",
+    help="watch: print each change as a line, until Ctrl-C, --count or --timeout (the way to "
+    "watch where no live table shows: a terminal, a script)",
+)
+@argument("--count", type=int, help="watch --follow: stop after N changes")
+@argument("--timeout", type=float, help="watch --follow: stop after S seconds")
 def var(**_: Any) -> None:
     """Session variables: set, get, list, del, history, rollback, watch (a live table)."""
 

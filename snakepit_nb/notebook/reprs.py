@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -70,6 +71,39 @@ class RecordList(list[Any]):
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(repr(self))
+
+
+class WatchSnapshot(RecordList):
+    """What ``%snakepit var watch`` returns where no live table shows: the records as they are.
+
+    ``--follow`` prints the changes as they come instead. ``stop()`` is there for code that
+    also runs where the watch is live (a notebook): a snapshot follows nothing, so it does
+    nothing.
+    """
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Nothing to stop (see the class docstring)."""
+
+
+def change_line(change: Any) -> str:
+    """One line for one change of a watched variable (``var watch --follow``)."""
+    at = time.strftime("%H:%M:%S", time.localtime(getattr(change, "at", None) or time.time()))
+    kind = getattr(change, "kind", "value_change")
+    source = getattr(change, "source", "") or "?"
+    name = change.name
+    if kind == "deleted":
+        return f"{at}  {name} deleted (by {source})"
+    if kind.startswith("optimization_"):
+        who = dict(getattr(change, "metadata", {}) or {}).get("optimizer_id", source)
+        return f"{at}  {name}: optimization {kind.removeprefix('optimization_')} ({who})"
+    what = {"constraint_change": "constraints changed", "registered": "defined"}.get(kind, "")
+    skipped = getattr(change, "skipped", 0)
+    notes = [f"v{change.version}", f"by {source}"]
+    if what:
+        notes.append(what)
+    if skipped:
+        notes.append(f"{skipped} earlier change{'s' if skipped != 1 else ''} skipped")
+    return f"{at}  {name} = {fmt.short_repr(change.value)}  ({', '.join(notes)})"
 
 
 class History(list[Any]):

@@ -4,6 +4,7 @@ against real worker processes (the showcase adapter), and every way to get them 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import snakepit_nb as sp
+from snakepit_nb.notebook.reprs import WatchSnapshot
 from snakepit_nb.notebook.runtime import runtime_for
 
 pytestmark = pytest.mark.notebook
@@ -351,6 +353,53 @@ def test_variables_set_get_list_history_rollback_del(running: InteractiveShell):
 # -- %%snakepit_tool ---------------------------------------------------------------------------
 def cell(ip: InteractiveShell, line: str, body: str) -> Any:
     return ip.run_cell_magic("snakepit_tool", line, body)
+
+
+def test_var_watch_follow_prints_each_change_until_its_count(
+    running: InteractiveShell, capsys: pytest.CaptureFixture[str]
+):
+    ip = running
+    magic(ip, "session new follow")
+    magic(ip, "var set level 0 --type integer")
+    s = runtime_for(ip).session()
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            s.vars["level"] = i
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        final = magic(ip, "var watch level --follow --count 3")
+    finally:
+        stop.set()
+        writer.join(10)
+    out = capsys.readouterr().out
+    assert "following level of session 'follow' until Ctrl-C or 3 changes" in out
+    values = [int(v) for v in re.findall(r"level = (\d+)  \(v\d+, by kernel", out)]
+    assert len(values) == 3, out
+    assert values == sorted(values)
+    assert values[0] >= 1
+    assert isinstance(final, WatchSnapshot)
+    (record,) = final
+    assert record.value >= values[-1]
+    assert final.stop() is None  # the same code runs where the watch is live
+
+    # Nothing changes: the timeout ends it, with the header only.
+    magic(ip, "var watch level --follow --timeout 0.2")
+    out = capsys.readouterr().out
+    assert "until Ctrl-C or 0.2 s" in out
+    assert "level =" not in out
+    with pytest.raises(UsageError, match="go with var watch --follow"):
+        magic(ip, "var watch level --count 2")
+    with pytest.raises(UsageError, match="--count must be at least 1"):
+        magic(ip, "var watch level --follow --count 0")
+    with pytest.raises(sp.VariableNotFoundError, match="nope"):
+        magic(ip, "var watch nope --follow")
+    magic(ip, "session use notebook")
 
 
 def test_cell_defined_tools_are_defined_replaced_and_streamed(running: InteractiveShell):
