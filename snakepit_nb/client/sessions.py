@@ -213,11 +213,23 @@ class AsyncSession:
             output.close_blocking(scope)
 
     def stream(self, tool: str, /, **kwargs: Any) -> AsyncStream:
-        """Start a streaming call; iterate the result with ``async for``."""
+        """Start a streaming call; iterate the result with ``async for``.
+
+        ``_timeout=`` as for ``call``; ``_keep=N`` keeps only the last N chunks in
+        ``.chunks`` (default: every chunk), for streams too long to hold.
+        """
+        keep = kwargs.pop("_keep", None)
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
+            raise InvalidArgumentError(
+                f"_keep must be a whole number of chunks >= 0 or None (keep all), not {keep!r}"
+            )
         timeout = _split_reserved(kwargs, self.timeout)
         sink = caller_sink(self._service)  # here: in the caller's thread and cell
         return AsyncStream(
-            self._loop_thread, tool, lambda: self._open_stream(tool, kwargs, timeout, sink)
+            self._loop_thread,
+            tool,
+            lambda: self._open_stream(tool, kwargs, timeout, sink),
+            keep=keep,
         )
 
     def _open_stream(
@@ -427,7 +439,10 @@ class Session:
         )
 
     def stream(self, tool: str, /, **kwargs: Any) -> Stream:
-        """Start a streaming call; iterate the chunks (``.result``, ``.chunks``, ``.close()``)."""
+        """Start a streaming call; iterate the chunks (``.result``, ``.chunks``, ``.close()``).
+
+        ``_timeout=`` as for ``call``; ``_keep=N`` keeps only the last N chunks in ``.chunks``.
+        """
         return Stream(self._async.stream(tool, **kwargs))
 
     def map(

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import queue
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -59,13 +60,23 @@ class AsyncStream:
     {'i': 0, 'progress': 0.333...}
     ...
 
-    ``chunks`` keeps every chunk received; ``result`` is the generator's return value once the
-    stream ended (``None`` if it returned nothing); ``aclose()`` stops the remote generator.
+    ``chunks`` keeps every chunk received, or the last N with ``session.stream(...,
+    _keep=N)`` (a long stream then holds N chunks, not all); ``received`` counts them all;
+    ``result`` is the generator's return value once the stream ended (``None`` if it returned
+    nothing); ``aclose()`` stops the remote generator.
     """
 
-    def __init__(self, loop_thread: LoopThread, tool: str, open_source: BatchSource) -> None:
+    def __init__(
+        self,
+        loop_thread: LoopThread,
+        tool: str,
+        open_source: BatchSource,
+        *,
+        keep: int | None = None,
+    ) -> None:
         self._tool = tool
-        self._chunks: list[object] = []
+        self._chunks: list[object] | deque[object] = [] if keep is None else deque(maxlen=keep)
+        self._received = 0
         self._loop_thread = loop_thread
         self._open = open_source
         self._source: AsyncIterator[list[object]] | None = None
@@ -83,8 +94,14 @@ class AsyncStream:
 
     @property
     def chunks(self) -> list[Any]:
-        """Every chunk received so far."""
-        return self._chunks
+        """Every chunk received so far (the last ``_keep`` of them, as a new list, if set)."""
+        chunks = self._chunks
+        return chunks if isinstance(chunks, list) else list(chunks)
+
+    @property
+    def received(self) -> int:
+        """How many chunks arrived so far, kept or not."""
+        return self._received
 
     @property
     def done(self) -> bool:
@@ -112,7 +129,7 @@ class AsyncStream:
         return value
 
     async def collect(self) -> list[Any]:
-        """Read to the end; returns every chunk (``result`` is set afterwards)."""
+        """Read to the end; returns ``chunks`` (``result`` is set afterwards)."""
         async for _ in self:
             pass
         return self.chunks
@@ -129,7 +146,7 @@ class AsyncStream:
 
     def __repr__(self) -> str:
         state = "done" if self._done else "open"
-        return f"<AsyncStream {self.tool!r} {state}, {len(self.chunks)} chunks>"
+        return f"<AsyncStream {self.tool!r} {state}, {self._received} chunks>"
 
     # ------------------------------------------------------------------ loop side
 
@@ -151,6 +168,7 @@ class AsyncStream:
                     return None
                 if batch:  # a fresh list from the decoder: no copy needed
                     self._chunks.extend(batch)
+                    self._received += len(batch)
                     return batch
         except BaseException:
             self._done = True
@@ -223,9 +241,10 @@ class Stream:
     >>> for chunk in session.stream("count", n=3):
     ...     print(chunk["progress"])
 
-    ``chunks`` keeps every chunk received; ``result`` is the generator's return value (reading
-    it waits for the end of the stream); ``close()`` stops the remote generator; ``with``
-    closes it too. A kernel interrupt while waiting closes the stream.
+    ``chunks`` keeps every chunk received, or the last N with ``session.stream(...,
+    _keep=N)``; ``received`` counts them all; ``result`` is the generator's return value
+    (reading it waits for the end of the stream); ``close()`` stops the remote generator;
+    ``with`` closes it too. A kernel interrupt while waiting closes the stream.
     """
 
     def __init__(self, inner: AsyncStream) -> None:
@@ -249,6 +268,11 @@ class Stream:
         return self._inner.chunks
 
     @property
+    def received(self) -> int:
+        """How many chunks arrived so far, kept or not."""
+        return self._inner.received
+
+    @property
     def done(self) -> bool:
         return self._ended
 
@@ -266,7 +290,7 @@ class Stream:
         return self._iter
 
     def collect(self) -> list[Any]:
-        """Read to the end; returns every chunk (``result`` is set afterwards)."""
+        """Read to the end; returns ``chunks`` (``result`` is set afterwards)."""
         for _ in self:
             pass
         return self.chunks
@@ -295,7 +319,7 @@ class Stream:
 
     def __repr__(self) -> str:
         state = "done" if self._ended else "open"
-        return f"<Stream {self.tool!r} {state}, {len(self.chunks)} chunks>"
+        return f"<Stream {self.tool!r} {state}, {self.received} chunks>"
 
     # ------------------------------------------------------------------ consumer thread
 

@@ -160,6 +160,23 @@ def test_stream_chunks_arrive_in_order_with_the_final_value(showcase_client: sp.
         assert again.collect() == [{"i": i, "progress": (i + 1) / 3} for i in range(3)]
 
 
+def test_a_stream_told_to_keep_n_chunks_holds_the_last_n(showcase_client: sp.Client) -> None:
+    s = showcase_client.session()
+    stream = s.stream("count", n=2000, _keep=10)
+    seen = [c["i"] for c in stream]
+    assert seen == list(range(2000))  # iteration still gets every chunk
+    assert [c["i"] for c in stream.chunks] == list(range(1990, 2000))
+    assert stream.received == 2000
+    assert stream.result == 2000
+    assert "2000 chunks" in repr(stream)
+    with s.stream("count", n=5, _keep=0) as nothing_kept:
+        assert nothing_kept.collect() == []
+        assert nothing_kept.received == 5
+    for bad in (-1, 2.5, True, "10"):
+        with pytest.raises(sp.InvalidArgumentError, match="_keep must be a whole number"):
+            s.stream("count", n=3, _keep=bad)
+
+
 TICKER = '''
 import time
 
