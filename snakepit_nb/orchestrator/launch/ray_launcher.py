@@ -47,7 +47,11 @@ from snakepit_nb.orchestrator.launch.base import (
     describe_exit,
 )
 from snakepit_nb.orchestrator.launch.ray_host import WorkerHost, machine_id
-from snakepit_nb.orchestrator.launch.ray_local import start_local_ray, track_local_ray
+from snakepit_nb.orchestrator.launch.ray_local import (
+    quiet_ray_init,
+    start_local_ray,
+    track_local_ray,
+)
 from snakepit_nb.orchestrator.launch.registry import check_id
 from snakepit_nb.protocol.tls import TlsIdentity
 
@@ -324,7 +328,8 @@ class RayLauncher(Launcher):
                 # A cluster of one, on loopback, that ends with this process.
                 start_local_ray(ray)
             else:
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+                with quiet_ray_init():
+                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         if self.tls_mode is None:
             local = _local_addresses()
             remote = [

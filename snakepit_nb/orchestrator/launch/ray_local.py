@@ -44,7 +44,7 @@ from snakepit_nb.orchestrator.launch.registry import (
     process_start_time,
 )
 
-__all__ = ["LocalRay", "local_ray", "start_local_ray", "track_local_ray"]
+__all__ = ["LocalRay", "local_ray", "quiet_ray_init", "start_local_ray", "track_local_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def start_local_ray(ray: Any, *, registry: ProcessRegistry | None = None) -> Loc
     me = psutil.Process()
     before = {child.pid for child in me.children()}
     try:
-        with _environment({MARKER_ENV: run_id, LAUNCH_ENV: row.launch_marker}):
+        with _environment({MARKER_ENV: run_id, LAUNCH_ENV: row.launch_marker}), quiet_ray_init():
             ray.init(
                 address="local",
                 include_dashboard=False,
@@ -152,6 +152,37 @@ def _retrack(local: LocalRay) -> None:
             return
         with contextlib.suppress(Exception):
             track_local_ray()
+
+
+# What ``ray.init`` logs at WARNING that says nothing to a notebook user: it runs in a thread
+# (so Ray sets no SIGTERM handler, which a kernel does not want anyway), and a local Ray of
+# ours turns Ray's token authentication on by default (it is on loopback: good).
+_NOTICES = {
+    "ray._private.worker": "SIGTERM handler is not set because current thread",
+    "ray._private.authentication.authentication_token_setup": "Token authentication is enabled",
+}
+
+
+class _DropNotice(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def quiet_ray_init() -> Iterator[None]:
+    """Around ``ray.init``: without Ray's two notices that do not apply here (see above)."""
+    filters = [(logging.getLogger(name), _DropNotice(prefix)) for name, prefix in _NOTICES.items()]
+    for logger, notice in filters:
+        logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        for logger, notice in filters:
+            logger.removeFilter(notice)
 
 
 @contextlib.contextmanager
