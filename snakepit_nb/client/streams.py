@@ -104,6 +104,11 @@ class AsyncStream:
         return self._received
 
     @property
+    def keeps_all(self) -> bool:
+        """True when ``chunks`` is every chunk, one list that grows (no ``_keep``)."""
+        return isinstance(self._chunks, list)
+
+    @property
     def done(self) -> bool:
         """True once the stream ended (fully read, failed or closed)."""
         return self._done

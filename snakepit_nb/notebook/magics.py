@@ -6,7 +6,7 @@
     %snakepit reload | logs [w1] [-n N] | help [SUBCOMMAND]
     %snakepit session new|use|list|info|close [NAME]
     x = %snakepit call TOOL a=1 b='text' c={notebook_var} [--timeout S] [-s SESSION]
-    h = %snakepit stream TOOL n=5 [--bg] [--tail N]
+    h = %snakepit stream TOOL n=5 [--bg] [--tail N] [--keep N]
     %snakepit var set NAME VALUE [--type float --min 0 --max 2] | get | list | del | history
                   | rollback NAME VERSION | watch [NAME ...] [--follow [--count N] [--timeout S]]
     %snakepit wait [--timeout S]
@@ -307,9 +307,17 @@ class SnakepitMagics(Magics):
         tail = args.tail if args.tail is not None else rt.settings.tail_lines
         if not 1 <= tail <= 1000:
             raise UsageError("--tail must be between 1 and 1000 lines")
+        keep = args.keep
+        if keep is not None and keep < 0:
+            raise UsageError("--keep must be a number of chunks >= 0")
         client = rt.client
         handle = StreamHandle(
-            tool, kwargs, session_id=session.id, loop_thread=rt.pump.loop_thread, tail_lines=tail
+            tool,
+            kwargs,
+            session_id=session.id,
+            loop_thread=rt.pump.loop_thread,
+            tail_lines=tail,
+            keep=keep,
         )
         view = None
         if self._live():
@@ -320,6 +328,8 @@ class SnakepitMagics(Magics):
             view.display()
         sid = session.id
         call_kwargs = dict(kwargs)
+        if keep is not None:
+            call_kwargs["_keep"] = keep
 
         async def open_stream() -> Any:
             asession = await client.aio.session(sid)

@@ -126,6 +126,7 @@ def call(**_: Any) -> None:
 @argument("--timeout", type=float, help="deadline in seconds")
 @argument("--bg", action="store_true", help="return at once; %%snakepit wait waits for it")
 @argument("--tail", type=int, help="lines of output to show (default 12)")
+@argument("--keep", type=int, help="keep only the last N chunks in h.chunks (default: all)")
 def stream(**_: Any) -> None:
     """Run a streaming tool with a live view; returns the handle (``h.value``, ``h.chunks``)."""
 

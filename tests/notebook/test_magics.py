@@ -282,6 +282,14 @@ def test_stream_returns_a_handle_with_every_chunk_and_the_value(running: Interac
     assert bg.value == 300
     with pytest.raises(sp.RemoteToolError):
         magic(ip, "stream fail")
+    # --keep N: the handle (and the stream under it) hold the last N chunks only.
+    kept = magic(ip, "stream count n=500 --keep 5")
+    assert [c["i"] for c in kept.chunks] == [495, 496, 497, 498, 499]
+    assert kept.received == 500
+    assert kept.value == 500
+    assert "count: done, 500 chunks" in repr(kept)
+    with pytest.raises(UsageError, match="--keep must be a number of chunks >= 0"):
+        magic(ip, "stream count n=3 --keep -1")
 
 
 # -- sessions --------------------------------------------------------------------------------

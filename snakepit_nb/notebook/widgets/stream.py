@@ -83,11 +83,12 @@ class Tail:
 
 
 class StreamHandle:
-    """A running or finished ``%snakepit stream``; keeps every chunk and the final value.
+    """A running or finished ``%snakepit stream``; keeps the chunks and the final value.
 
-    ``chunks`` holds all chunks in order, ``result`` the tool's return value (``None`` if the
-    generator returned nothing), and ``value`` what the view shows as the outcome: the return
-    value if there is one, else the text for a stream of strings, else the list of chunks.
+    ``chunks`` holds all chunks in order (the last ``keep`` with ``--keep N``), ``received``
+    counts them all, ``result`` is the tool's return value (``None`` if the generator returned
+    nothing), and ``value`` what the view shows as the outcome: the return value if there is
+    one, else the text for a stream of strings, else the list of chunks (of those kept).
     ``wait()`` blocks until the end and returns ``value`` (or raises the tool's error);
     ``cancel()`` stops the stream; ``await handle`` works in a cell too.
     """
@@ -100,12 +101,15 @@ class StreamHandle:
         session_id: str,
         loop_thread: LoopThread,
         tail_lines: int = TAIL_LINES,
+        keep: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tool = tool
         self.kwargs = dict(kwargs)
         self.session_id = session_id
-        self.chunks: list[object] = []
+        self.chunks: list[object] | deque[object] = [] if keep is None else deque(maxlen=keep)
+        self.received = 0
+        self._keep = keep
         self.result: object = None
         self.error: BaseException | None = None
         self.status = "starting"
@@ -140,10 +144,9 @@ class StreamHandle:
         source: ChunkSource | None = None
         try:
             source = await open_stream()
-            shared = getattr(source, "chunks", None)
-            if isinstance(shared, list):
+            if self._keep is None and getattr(source, "keeps_all", False):
                 # The runtime's stream already keeps every chunk: share its list.
-                self.chunks = shared
+                self.chunks = source.chunks  # type: ignore[attr-defined]
                 self._shared = True
             self.status = "running"
             self._changed()
@@ -167,6 +170,7 @@ class StreamHandle:
             self._changed()
 
     def _add(self, chunk: object) -> None:
+        self.received += 1
         if not self._shared:
             self.chunks.append(chunk)
         self.tail.add(chunk)
@@ -192,7 +196,7 @@ class StreamHandle:
 
     def rate(self) -> float:
         elapsed = self.elapsed
-        return len(self.chunks) / elapsed if elapsed > 0 else 0.0
+        return self.received / elapsed if elapsed > 0 else 0.0
 
     def done(self) -> bool:
         return self.finished_at is not None
@@ -263,7 +267,7 @@ class StreamHandle:
         return _await().__await__()
 
     def summary(self) -> str:
-        n = len(self.chunks)
+        n = self.received
         return (
             f"{self.tool}: {self.status}, {n:,} chunk{'s' if n != 1 else ''} "
             f"in {fmt.duration(self.elapsed)}"
@@ -332,7 +336,7 @@ class StreamView(DisplayedView):
 
     def _header_due(self) -> bool:
         h = self.handle
-        key = (h.status, len(h.chunks), h.progress)
+        key = (h.status, h.received, h.progress)
         if key != self._header_key:
             return True
         # While running, refresh elapsed about once a second even without chunks.
@@ -360,7 +364,7 @@ class StreamView(DisplayedView):
         sent = 0
         h = self.handle
         if self._header_due():
-            self._header_key = (h.status, len(h.chunks), h.progress)
+            self._header_key = (h.status, h.received, h.progress)
             self._last_header = time.monotonic()
             sent += self.set_value(self.header, self._header_html())
         if self._tail_due():
@@ -375,7 +379,7 @@ class StreamView(DisplayedView):
     # -- HTML ---------------------------------------------------------------------------------
     def _header_html(self) -> str:
         h = self.handle
-        n = len(h.chunks)
+        n = h.received
         parts = [
             f"<b>{fmt.esc(h.tool)}</b>",
             fmt.badge(h.status),
@@ -426,7 +430,7 @@ class StreamView(DisplayedView):
         if h.status == "cancelled":
             return (
                 f'<div style="color:{fmt.MUTED};font-family:{fmt.FONT};font-size:12px">'
-                f"cancelled after {fmt.count(len(h.chunks))} chunks</div>"
+                f"cancelled after {fmt.count(h.received)} chunks</div>"
             )
         view = tool_view(h.tool)
         summary = view.result_html(h.tool, h.result) if view is not None else None
