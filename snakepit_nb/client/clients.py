@@ -47,8 +47,8 @@ def _parse_tool_source(
         found = find_tool_function(source, function)
     except SyntaxError as exc:
         raise InvalidArgumentError(
-            f"the tool's source does not parse: {exc.msg} (line {exc.lineno}); fix the cell "
-            "and run it again (no tool was changed)"
+            f"the tool's source does not parse: {exc.msg} (line {exc.lineno}); fix the source "
+            "(the cell) and define it again (no tool was changed)"
         ) from None
     tool_name = check_tool_name(name or found.function)
     return found.function, tool_name, found.is_generator, found.docstring

@@ -270,6 +270,9 @@ class WatchCursor:
             return copy_change(await asyncio.wait_for(self._watcher.next(), timeout))
         except StopAsyncIteration:
             return None
+        except TimeoutError:
+            watched = ", ".join(repr(n) for n in self._names) or "any variable"
+            raise TimeoutError(f"no change to {watched} within {timeout:g} s") from None
 
     def close_now(self) -> None:
         """Stop the watch (loop thread only)."""

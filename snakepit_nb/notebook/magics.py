@@ -454,7 +454,7 @@ class SnakepitMagics(Magics):
             ends.append(f"{timeout:g} s")
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
-        with variables.watch(*names, include_initial=False) as feed:
+        with variables.watch(*names) as feed:  # the current values first, then changes
             print(
                 f"following {', '.join(names) or 'every variable'} of session {session.id!r} "
                 f"until {' or '.join(ends)}",
@@ -469,7 +469,8 @@ class SnakepitMagics(Magics):
                         change = feed.next(timeout=remaining)
                     except (TimeoutError, StopIteration):
                         break
-                    seen += 1
+                    if change.kind != "initial_value":
+                        seen += 1
                     print(change_line(change), flush=True)
             except KeyboardInterrupt:
                 pass  # how a follow is meant to end

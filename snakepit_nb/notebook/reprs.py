@@ -96,7 +96,11 @@ def change_line(change: Any) -> str:
     if kind.startswith("optimization_"):
         who = dict(getattr(change, "metadata", {}) or {}).get("optimizer_id", source)
         return f"{at}  {name}: optimization {kind.removeprefix('optimization_')} ({who})"
-    what = {"constraint_change": "constraints changed", "registered": "defined"}.get(kind, "")
+    what = {
+        "initial_value": "current",
+        "constraint_change": "constraints changed",
+        "registered": "defined",
+    }.get(kind, "")
     skipped = getattr(change, "skipped", 0)
     notes = [f"v{change.version}", f"by {source}"]
     if what:
@@ -117,7 +121,8 @@ class History(list[Any]):
         return history_html(self.name, self)
 
     def __repr__(self) -> str:
-        lines = [f"history of {self.name!r} ({len(self)} versions, oldest first):"]
+        versions = f"{len(self)} version{'s' if len(self) != 1 else ''}"
+        lines = [f"history of {self.name!r} ({versions}, oldest first):"]
         lines.extend(f"  {version!r}" for version in self)
         return "\n".join(lines)
 

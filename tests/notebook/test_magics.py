@@ -387,20 +387,26 @@ def test_var_watch_follow_prints_each_change_until_its_count(
         writer.join(10)
     out = capsys.readouterr().out
     assert "following level of session 'follow' until Ctrl-C or 3 changes" in out
-    values = [int(v) for v in re.findall(r"level = (\d+)  \(v\d+, by kernel", out)]
-    assert len(values) == 3, out
+    lines = [line for line in out.splitlines() if " level = " in line]
+    # The current value first (not counted), then the three changes, in order.
+    assert len(lines) == 4, out
+    assert "current)" in lines[0]
+    assert not any("current" in line for line in lines[1:])
+    values = [int(re.search(r"level = (\d+)  \(v\d+, by kernel", line)[1]) for line in lines]
     assert values == sorted(values)
-    assert values[0] >= 1
+    assert values[1] > values[0]
     assert isinstance(final, WatchSnapshot)
     (record,) = final
     assert record.value >= values[-1]
     assert final.stop() is None  # the same code runs where the watch is live
 
-    # Nothing changes: the timeout ends it, with the header only.
+    # Nothing changes: the timeout ends it, after the current value.
     magic(ip, "var watch level --follow --timeout 0.2")
     out = capsys.readouterr().out
     assert "until Ctrl-C or 0.2 s" in out
-    assert "level =" not in out
+    assert [line for line in out.splitlines() if " level = " in line] == [
+        next(line for line in out.splitlines() if "current)" in line)
+    ]
     with pytest.raises(UsageError, match="go with var watch --follow"):
         magic(ip, "var watch level --count 2")
     with pytest.raises(UsageError, match="--count must be at least 1"):

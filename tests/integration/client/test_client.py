@@ -401,3 +401,19 @@ def test_sessions_are_get_or_create(showcase_client: sp.Client) -> None:
     assert len(fresh) == 3
     with pytest.raises(sp.InvalidArgumentError, match="timeout"):
         showcase_client.session("t", timeout=0)
+
+
+def test_a_variable_watch_gives_the_value_then_changes_and_says_what_timed_out(
+    showcase_client: sp.Client,
+) -> None:
+    s = showcase_client.session("watching")
+    s.vars.define("t", 0, type="integer", min=0, max=10)
+    with s.vars.watch("t") as changes:
+        first = changes.next(timeout=10)
+        assert (first.kind, first.value) == ("initial_value", 0)
+        assert s.call("incr_var", name="t", by=3) == 3  # a worker writes it
+        change = changes.next(timeout=10)
+        assert (change.kind, change.value) == ("value_change", 3)
+        assert change.source.startswith("w")
+        with pytest.raises(TimeoutError, match=r"no change to 't' within 0\.05 s"):
+            changes.next(timeout=0.05)
