@@ -278,6 +278,11 @@ class Stream:
         return self._inner.received
 
     @property
+    def keeps_all(self) -> bool:
+        """True when ``chunks`` is every chunk, one list that grows (no ``_keep``)."""
+        return self._inner.keeps_all
+
+    @property
     def done(self) -> bool:
         return self._ended
 
