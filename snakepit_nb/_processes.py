@@ -101,28 +101,29 @@ def guard(
                 if not data:
                     poller.unregister(tracked_fd)
                     tracked_fd = None
-                *lines, pending = (pending + data).split(b"\n")
-                _parse_tracked(lines, tracked)
+                pending = _absorb(pending + data, tracked)
             if any(fd == pidfd for fd, _ in events):
                 break
         if tracked_fd is not None:
             os.set_blocking(tracked_fd, False)
             with contextlib.suppress(OSError):
                 while data := os.read(tracked_fd, 65536):
-                    *lines, pending = (pending + data).split(b"\n")
-                    _parse_tracked(lines, tracked)
+                    pending = _absorb(pending + data, tracked)
     else:
         while os.getppid() == owner:
             time.sleep(0.05)
     take_down(group, marker, tracked)
 
 
-def _parse_tracked(lines: list[bytes], tracked: dict[int, int]) -> None:
+def _absorb(data: bytes, tracked: dict[int, int]) -> bytes:
+    """Add the whole ``PID START_TICKS`` lines of ``data`` to ``tracked``; returns the rest."""
+    *lines, rest = data.split(b"\n")
     for line in lines:
         with contextlib.suppress(ValueError):
             pid, ticks = (int(word) for word in line.split())
             if len(tracked) < _MAX_TRACKED:
                 tracked[pid] = ticks
+    return rest
 
 
 def take_down(group: int | None, marker: str, tracked: Mapping[int, int] | None = None) -> None:

@@ -484,9 +484,9 @@ class SnakepitMagics(Magics):
         from .widgets.watch import WatchView
 
         variables = session.vars
+        records = self._watch_snapshot(variables, names)
         if not self._live():
-            return self._watch_snapshot(variables, names)
-        records = [variables.info(n) for n in names] if names else list(variables.list())
+            return records
         histories: dict[str, list[float]] = {}
         for record in records:
             if record.type in ("float", "integer"):

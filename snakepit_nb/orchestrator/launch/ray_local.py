@@ -44,7 +44,7 @@ from snakepit_nb.orchestrator.launch.registry import (
     process_start_time,
 )
 
-__all__ = ["LocalRay", "local_ray", "quiet_ray_init", "start_local_ray", "track_local_ray"]
+__all__ = ["LocalRay", "quiet_ray_init", "start_local_ray", "track_local_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,8 @@ _RETRACK_AT = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 @dataclass
 class LocalRay:
-    """The local Ray this process started: its run id, roots, warden and registry row."""
+    """The local Ray this process started: its roots, warden and registry row (its run)."""
 
-    run_id: str
     roots: list[psutil.Process]
     warden: Warden | None
     registry: ProcessRegistry
@@ -64,12 +63,8 @@ class LocalRay:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+# The local Ray this process started (the latest, after a ``ray.shutdown``), if any.
 _local: LocalRay | None = None
-
-
-def local_ray() -> LocalRay | None:
-    """The local Ray this process started (the latest, after a ``ray.shutdown``), if any."""
-    return _local
 
 
 def start_local_ray(ray: Any, *, registry: ProcessRegistry | None = None) -> LocalRay:
@@ -110,7 +105,7 @@ def start_local_ray(ray: Any, *, registry: ProcessRegistry | None = None) -> Loc
         )
     else:
         log.warning("no warden on this platform: a killed kernel may leave Ray's agents behind")
-    _local = LocalRay(run_id, roots, warden, registry, row)
+    _local = LocalRay(roots, warden, registry, row)
     track_local_ray()
     threading.Thread(
         target=_retrack, args=(_local,), name="snakepit-ray-track", daemon=True
